@@ -1,0 +1,19 @@
+"""jaxbp: hand-written backprop in JAX, checked against jax.grad."""
+
+from jaxbp._activations import ACTIVATIONS, Activation, get_activation
+from jaxbp._losses import LOSSES, Loss, get_loss
+from jaxbp._network import Dense, Network, Trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "Activation",
+    "Dense",
+    "LOSSES",
+    "Loss",
+    "Network",
+    "Trace",
+    "get_activation",
+    "get_loss",
+]

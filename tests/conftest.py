@@ -1,0 +1,19 @@
+"""Strict JAX for every test: float64 available, silent rank promotion is an error."""
+
+import os
+
+# Tests run on the CPU even where an accelerator is installed (deterministic numbers).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+# Compilation makes the first example slow; deadlines would only measure that.
+settings.register_profile(
+    "jaxbp", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+settings.register_profile(
+    "thorough", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "jaxbp"))
