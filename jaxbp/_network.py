@@ -311,3 +311,55 @@ class Network:
         """Each example's gradient: W leaves (B, m, n), W0 leaves (B, n)."""
         params, X, Y = self._example(params, X, Y, batched=True)
         return _per_example_grads(self, params, X, Y)
+
+    def per_example_grad_norms(self, params, X: ArrayLike, Y: ArrayLike, *,
+                               per_layer: bool = False) -> jax.Array:
+        """Each example's gradient norm by the ghost-norm identity, no (B, m, n) tensor.
+
+        ‖∂L/∂W^ℓ‖² = ‖a^{ℓ−1}‖²·‖∂L/∂z^ℓ‖² and ‖∂L/∂W0^ℓ‖² = ‖∂L/∂z^ℓ‖² per example
+        (see ``jaxbp._ghost``); equals the norms of ``per_example_grads``.
+
+        Args:
+          params: tuple of ``Dense``.
+          X: inputs, shape (B, m^1).
+          Y: targets, shape (B, n^L) ((B,) accepted when n^L = 1).
+          per_layer: if True, one norm per layer (W^ℓ and W0^ℓ together).
+
+        Returns:
+          Shape (B,): the L2 norm of each example's whole gradient; with
+          ``per_layer=True`` shape (B, L), whose rows have those norms as their
+          L2 norms.
+
+        Example:
+          >>> import jax, jaxbp
+          >>> net = jaxbp.Network(sizes=(4, 8, 3), activations=("tanh", "softmax"), loss="nll")
+          >>> X, Y = jax.numpy.ones((5, 4)), jax.nn.one_hot(jax.numpy.arange(5) % 3, 3)
+          >>> net.per_example_grad_norms(net.init(jax.random.key(0)), X, Y).shape
+          (5,)
+        """
+        from jaxbp import _ghost  # _ghost imports this module
+
+        params, X, Y = self._example(params, X, Y, batched=True)
+        return _ghost.per_example_grad_norms(self, params, X, Y, per_layer=bool(per_layer))
+
+    def clipped_grad(self, params, X: ArrayLike, Y: ArrayLike, max_norm) -> tuple[Dense, ...]:
+        """Mean of per-example gradients each clipped to norm ≤ max_norm (DP-SGD, no noise).
+
+        scale_b = max_norm / max(‖g_b‖, max_norm) and the result is
+        (1/B) Σ_b scale_b g_b, computed as A^{ℓ−1}ᵀ (scale·δ^ℓ) / B without
+        per-example gradients (see ``jaxbp._ghost``).
+
+        Args:
+          params: tuple of ``Dense``.
+          X: inputs, shape (B, m^1).
+          Y: targets, shape (B, n^L) ((B,) accepted when n^L = 1).
+          max_norm: the clipping norm C, a finite number > 0 (may be traced).
+
+        Returns:
+          A tuple of ``Dense`` shaped like params.
+        """
+        from jaxbp import _ghost
+
+        params, X, Y = self._example(params, X, Y, batched=True)
+        max_norm = _ghost.check_max_norm(max_norm, X.dtype)
+        return _ghost.clipped_grad(self, params, X, Y, max_norm)
