@@ -1,6 +1,8 @@
 """jaxbp: hand-written backprop in JAX, checked against jax.grad."""
 
 from jaxbp._activations import ACTIVATIONS, Activation, get_activation
+from jaxbp._chain import Factor, chain, contract
+from jaxbp._explain import explain
 from jaxbp._losses import LOSSES, Loss, get_loss
 from jaxbp._network import Dense, Network, Trace
 
@@ -10,10 +12,14 @@ __all__ = [
     "ACTIVATIONS",
     "Activation",
     "Dense",
+    "Factor",
     "LOSSES",
     "Loss",
     "Network",
     "Trace",
+    "chain",
+    "contract",
+    "explain",
     "get_activation",
     "get_loss",
 ]

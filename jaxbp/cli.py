@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxbp import _demo
+from jaxbp import _demo, _explain
 
-_SUBCOMMANDS = (_demo,)
+_SUBCOMMANDS = (_demo, _explain,)
 
 
 def build_parser() -> argparse.ArgumentParser:
