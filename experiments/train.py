@@ -1,0 +1,370 @@
+"""Train one net with manual backprop and with jax.grad side by side, with Optax, on any device.
+
+Both runs start from the same params and see the same batches; the only difference is who
+computes ∂L/∂params: jaxbp's chain rule ("manual") or ``jax.value_and_grad`` ("autodiff").
+The largest parameter difference between them along the whole run is recorded.
+
+    python experiments/train.py                          # digits, 64-64-10, Adam, both grads
+    python experiments/train.py --dataset spirals        # 2-D: also draws the decision boundary
+    python experiments/train.py --x64                    # float64: max_param_diff ~ 1e-15
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 python experiments/train.py --devices 4
+
+Writes DIR/results.json, DIR/loss.png, DIR/boundary.png (2-D data), DIR/history.csv (loss per
+step and the manual-autodiff gap) and DIR/params.npz (final params of each run).
+Multi-host: start the same command on every host with --distributed (jax.distributed.initialize()).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxbp
+from jaxbp import datasets
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # siblings, also when imported
+from _common import FlagError, Parser, allowed, backend_line, check_writable, host, publish  # noqa: E402,I001
+
+# ---------------------------------------------------------------- knobs (= CLI defaults)
+DATASET = "digits"
+LOSS = "nll"
+OPTIMIZER = "adam"
+BATCH_SIZE = 128
+SEED = 0
+GRAD = "both"           # manual | autodiff | both
+DEVICES = 1             # an int, or "all"
+# Per data set: hidden sizes, hidden activation, steps, learning rate.
+PRESETS = {
+    "digits": dict(hidden=(64,), activation="relu", steps=1000, lr=1e-3),
+    "xor": dict(hidden=(16,), activation="tanh", steps=1000, lr=1e-2),
+    "spirals": dict(hidden=(64, 64), activation="tanh", steps=2000, lr=1e-2),
+    "moons": dict(hidden=(32, 32), activation="tanh", steps=1000, lr=1e-2),
+}
+OUTPUT_ACTIVATION = {"nll": "softmax", "binary_nll": "sigmoid", "squared": "identity",
+                     "hinge": "identity"}
+OPTIMIZERS = {
+    "adam": optax.adam, "adamw": optax.adamw, "sgd": optax.sgd,
+    "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
+    "nesterov": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
+    "rmsprop": optax.rmsprop, "adagrad": optax.adagrad, "nadam": optax.nadam,
+    "lamb": optax.lamb, "lion": optax.lion,
+}
+
+
+def resolve(*, dataset, sizes, activations, loss, optimizer, lr, steps, batch_size, seed, grad,
+            devices, out) -> dict:
+    """Checks every setting before anything runs; fills the per-dataset defaults.
+
+    Raises:
+      FlagError: naming the flag and the allowed values.
+    """
+    if dataset not in datasets.NAMES:
+        raise FlagError("--dataset", f"unknown data set {dataset!r}; {allowed(datasets.NAMES)}")
+    if loss not in jaxbp.LOSSES:
+        raise FlagError("--loss", f"unknown loss {loss!r}; {allowed(jaxbp.LOSSES)}")
+    if optimizer not in OPTIMIZERS:
+        raise FlagError("--optimizer", f"unknown optimizer {optimizer!r}; {allowed(OPTIMIZERS)}")
+    if grad not in ("manual", "autodiff", "both"):
+        raise FlagError("--grad", f"got {grad!r}; allowed: manual, autodiff, both")
+    preset = PRESETS[dataset]
+    try:
+        data = datasets.load(dataset)
+    except ImportError as e:
+        raise FlagError("--dataset", f"{dataset}: {e}") from None
+    try:
+        n_out = datasets.num_outputs(loss, data.num_classes)
+    except ValueError as e:
+        raise FlagError("--loss", f"{e}; allowed here: nll, squared") from None
+    n_in = data.X_train.shape[1]
+    if sizes is None:
+        sizes = (n_in, *preset["hidden"], n_out)
+    elif isinstance(sizes, str):
+        try:
+            sizes = tuple(int(s) for s in sizes.split(","))
+        except ValueError:
+            raise FlagError("--sizes", f"expected comma-separated ints like {n_in},64,{n_out}, "
+                                       f"got {sizes!r}") from None
+    sizes = tuple(sizes)
+    if len(sizes) < 2 or sizes[0] != n_in or sizes[-1] != n_out or min(sizes) < 1:
+        raise FlagError("--sizes", f"{dataset} with loss {loss} needs positive sizes starting at "
+                                   f"{n_in} (inputs) and ending at {n_out} (outputs), got "
+                                   f"{','.join(map(str, sizes))}")
+    if activations is None:
+        activations = (preset["activation"],) * (len(sizes) - 2) + (OUTPUT_ACTIVATION[loss],)
+    elif isinstance(activations, str):
+        activations = tuple(activations.split(","))
+    for name in activations:
+        if name not in jaxbp.ACTIVATIONS:
+            raise FlagError("--activations", f"unknown activation {name!r}; "
+                                             f"{allowed(jaxbp.ACTIVATIONS)}")
+    try:
+        net = jaxbp.Network(sizes=sizes, activations=activations, loss=loss)
+    except (ValueError, TypeError) as e:
+        raise FlagError("--activations", f"{e} (--sizes {','.join(map(str, sizes))}, "
+                                         f"--loss {loss})") from None
+    lr = preset["lr"] if lr is None else lr
+    steps = preset["steps"] if steps is None else steps
+    if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
+        raise FlagError("--lr", f"expected a positive number, got {lr!r}")
+    if not (isinstance(steps, int) and steps >= 1):
+        raise FlagError("--steps", f"expected an int >= 1, got {steps!r}")
+    available = jax.device_count()
+    if devices == "all":
+        devices = available
+    if not (isinstance(devices, int) and 1 <= devices <= available):
+        raise FlagError("--devices", f"{devices!r} requested; allowed: 1..{available} or all "
+                                     f"({available} {jax.default_backend()} device(s) here; on "
+                                     f"CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N "
+                                     f"makes N)")
+    n_train = data.X_train.shape[0]
+    if not (isinstance(batch_size, int) and 1 <= batch_size <= n_train):
+        raise FlagError("--batch-size", f"expected 1..{n_train} (the training set's size), "
+                                        f"got {batch_size!r}")
+    if batch_size % devices:
+        raise FlagError("--batch-size", f"{batch_size} is not divisible by --devices {devices}; "
+                                        f"allowed: multiples of {devices}")
+    out = os.path.join("runs", dataset) if out is None else str(out)
+    check_writable(out)
+    return dict(data=data, net=net, optimizer=optimizer, lr=float(lr), steps=steps,
+                batch_size=batch_size, seed=seed, devices=devices, out=out,
+                grads=("manual", "autodiff") if grad == "both" else (grad,))
+
+
+@jax.jit
+def _max_abs_diff(tree_a, tree_b):
+    return jnp.max(jnp.stack([jnp.max(jnp.abs(a - b))
+                              for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b))]))
+
+
+def _batches(n: int, batch_size: int, steps: int, seed: int):
+    """Index arrays of shuffled minibatches, a new permutation each epoch (remainder dropped)."""
+    rng = np.random.default_rng(seed)
+    per_epoch = n // batch_size
+    for t in range(steps):
+        if t % per_epoch == 0:
+            order = rng.permutation(n)
+        k = t % per_epoch
+        yield order[k * batch_size:(k + 1) * batch_size]
+
+
+def train(cfg: dict, *, dtype, quiet: bool) -> dict:
+    """Runs the configured grads side by side; returns the per-run results and the history."""
+    from tqdm import tqdm
+
+    data, net, grads = cfg["data"], cfg["net"], cfg["grads"]
+    optimizer = OPTIMIZERS[cfg["optimizer"]](cfg["lr"])
+    mesh = jaxbp.batch_mesh(cfg["devices"])
+    X, Y = data.X_train.astype(dtype), datasets.targets(data.y_train, data.num_classes,
+                                                        net.loss_name).astype(dtype)
+    params0 = jaxbp.replicate(mesh, net.init(jax.random.key(cfg["seed"]), dtype=dtype))
+    state = {g: (params0, jaxbp.replicate(mesh, optimizer.init(params0))) for g in grads}
+    steps, compile_seconds = {}, {}
+    Xb, Yb = jaxbp.shard_batch(mesh, X[:cfg["batch_size"]], Y[:cfg["batch_size"]])
+    for g in grads:  # compile ahead so that "seconds" measures training only
+        t0 = time.perf_counter()
+        step = jaxbp.make_step(net, optimizer, grad=g, mesh=mesh)
+        steps[g] = step.lower(*state[g], Xb, Yb).compile()
+        compile_seconds[g] = time.perf_counter() - t0
+    seconds = dict.fromkeys(grads, 0.0)
+    losses = {g: [] for g in grads}
+    diffs = []
+    show = not quiet and sys.stderr.isatty() and jax.process_index() == 0
+    bar = tqdm(total=cfg["steps"], disable=not show, desc=f"{data.name} {'+'.join(grads)}")
+    every = max(1, cfg["steps"] // 50)
+    for t, idx in enumerate(_batches(len(X), cfg["batch_size"], cfg["steps"], cfg["seed"])):
+        Xb, Yb = jax.block_until_ready(jaxbp.shard_batch(mesh, X[idx], Y[idx]))  # not timed
+        for g in grads:
+            t0 = time.perf_counter()
+            params, opt_state, loss = steps[g](*state[g], Xb, Yb)
+            jax.block_until_ready(params)
+            seconds[g] += time.perf_counter() - t0
+            state[g] = (params, opt_state)
+            losses[g].append(loss)
+        if len(grads) == 2:
+            # Blocking keeps this work out of the next step's timing.
+            diff = jax.block_until_ready(_max_abs_diff(state["manual"][0], state["autodiff"][0]))
+            diffs.append(diff)
+        if (t + 1) % every == 0 or t + 1 == cfg["steps"]:
+            post = {g: f"{float(host(losses[g][-1])):.4f}" for g in grads}
+            if diffs:
+                post["param_diff"] = f"{float(host(diffs[-1])):.1e}"
+            bar.set_postfix(post, refresh=False)
+        bar.update(1)
+    bar.close()
+    results = {}
+    for g in grads:
+        params = jax.tree.map(host, state[g][0])
+        results[g] = dict(**evaluate(net, params, data, dtype), seconds=round(seconds[g], 4),
+                          compile_seconds=round(compile_seconds[g], 4))
+        results[g]["params"] = params
+    history = {g: np.array([host(v) for v in losses[g]], dtype=np.float64) for g in grads}
+    if diffs:
+        history["param_diff"] = np.array([host(v) for v in diffs], dtype=np.float64)
+    return dict(results=results, history=history,
+                max_param_diff=float(history["param_diff"].max()) if diffs else None)
+
+
+def evaluate(net, params, data, dtype) -> dict:
+    """Full-set losses and accuracies of one run's final params (on this process's device)."""
+    out = {}
+    for split, X, labels in (("train", data.X_train, data.y_train), ("test", data.X_test, data.y_test)):
+        Y = datasets.targets(labels, data.num_classes, net.loss_name).astype(dtype)
+        out[f"{split}_loss"] = float(jax.jit(net.batch_loss)(params, X.astype(dtype), Y))
+        predicted = datasets.predict(np.asarray(net.forward(params, X.astype(dtype))), net.loss_name)
+        out[f"{split}_accuracy"] = float(np.mean(predicted == labels))
+    return out
+
+
+def write_outputs(cfg: dict, run: dict, summary: dict, staging: str) -> list[str]:
+    """Writes every output file into ``staging``; returns their names."""
+    import json
+
+    names = ["results.json", "history.csv", "params.npz", "loss.png"]
+    with open(os.path.join(staging, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    hist = run["history"]
+    columns = list(hist)
+    with open(os.path.join(staging, "history.csv"), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step"] + [c if c == "param_diff" else f"{c}_loss" for c in columns])
+        for t, row in enumerate(zip(*(hist[c] for c in columns)), start=1):
+            writer.writerow([t] + [repr(float(v)) for v in row])
+    np.savez(os.path.join(staging, "params.npz"),
+             **{f"{g}_{name}{l}": getattr(layer, name)
+                for g, r in run["results"].items()
+                for l, layer in enumerate(r["params"], start=1) for name in ("W", "W0")})
+    import _plots as plots  # matplotlib only when writing
+
+    plots.loss_curves(hist, os.path.join(staging, "loss.png"), title=summary["title"])
+    if cfg["data"].X_train.shape[1] == 2:
+        plots.boundaries(cfg["net"], {g: r["params"] for g, r in run["results"].items()},
+                         cfg["data"], os.path.join(staging, "boundary.png"))
+        names.append("boundary.png")
+    return names
+
+
+def main(*, dataset: str = DATASET, sizes=None, activations=None, loss: str = LOSS,
+         optimizer: str = OPTIMIZER, lr: float | None = None, steps: int | None = None,
+         batch_size: int = BATCH_SIZE, seed: int = SEED, grad: str = GRAD, x64: bool = False,
+         devices=DEVICES, out: str | None = None, quiet: bool = False) -> dict:
+    """Trains, prints a summary, writes the outputs; returns the results dict (as results.json).
+
+    Args:
+      dataset: one of ``jaxbp.datasets.NAMES``.
+      sizes: full layer sizes "64,64,10" or a tuple; None: the dataset's preset.
+      activations: one name per layer; None: the preset's hidden activation, then the loss's.
+      loss: a ``jaxbp.LOSSES`` name (binary_nll/hinge only on two-class data).
+      optimizer: a name in ``OPTIMIZERS``; lr its learning rate (None: the preset).
+      steps: optimizer steps (None: the preset); batch_size: examples per step.
+      seed: init and batch order (the data and its split are fixed).
+      grad: "manual", "autodiff" or "both" (same init, same batches).
+      x64: float64 instead of float32.
+      devices: how many devices to split each batch over, or "all".
+      out: output directory (None: runs/<dataset>).
+      quiet: no progress bar.
+    """
+    if x64:
+        jax.config.update("jax_enable_x64", True)
+    dtype = np.float64 if x64 else np.float32
+    cfg = resolve(dataset=dataset, sizes=sizes, activations=activations, loss=loss,
+                  optimizer=optimizer, lr=lr, steps=steps, batch_size=batch_size, seed=seed,
+                  grad=grad, devices=devices, out=out)
+    data, net = cfg["data"], cfg["net"]
+    title = (f"{dataset} {'-'.join(map(str, net.sizes))} {','.join(net.activations)} "
+             f"{net.loss_name}, {cfg['optimizer']} lr={cfg['lr']:g}, B={cfg['batch_size']}")
+    lead = jax.process_index() == 0
+    if lead:
+        print(backend_line(cfg["devices"], dtype))
+        print(f"{title}: {cfg['steps']} steps, {len(data.y_train)} train / {len(data.y_test)} test")
+    run = train(cfg, dtype=dtype, quiet=quiet)
+    summary = dict(dataset=dataset, steps=cfg["steps"], devices=cfg["devices"],
+                   dtype=np.dtype(dtype).name, backend=jax.default_backend(),
+                   processes=jax.process_count(), batch_size=cfg["batch_size"], seed=seed,
+                   sizes=list(net.sizes), activations=list(net.activations), loss=net.loss_name,
+                   optimizer=cfg["optimizer"], lr=cfg["lr"], jax_version=jax.__version__,
+                   title=title)
+    for g in ("manual", "autodiff"):
+        r = run["results"].get(g)
+        summary[g] = None if r is None else {k: v for k, v in r.items() if k != "params"}
+    summary["max_param_diff"] = run["max_param_diff"]
+    if lead:
+        _print_summary(summary)
+        names = publish(cfg["out"], lambda staging: write_outputs(cfg, run, summary, staging))
+        print(f"wrote {os.path.join(cfg['out'], '')}{{{', '.join(names)}}}")
+    return summary
+
+
+def _print_summary(s: dict) -> None:
+    print(f"{'grad':<9} {'train loss':>11} {'test loss':>10} {'train acc':>10} {'test acc':>9} "
+          f"{'seconds':>8}")
+    for g in ("manual", "autodiff"):
+        r = s[g]
+        if r is not None:
+            print(f"{g:<9} {r['train_loss']:>11.5f} {r['test_loss']:>10.5f} "
+                  f"{r['train_accuracy']:>10.4f} {r['test_accuracy']:>9.4f} {r['seconds']:>8.2f}")
+    if s["max_param_diff"] is not None:
+        print(f"max |params_manual − params_autodiff| along the run: {s['max_param_diff']:.3e} "
+              f"({s['dtype']})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="train.py", description=__doc__.split("\n\n")[0],
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", default=DATASET, help=allowed(datasets.NAMES))
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated layer sizes, inputs first (default: per dataset)")
+    p.add_argument("--activations", default=None,
+                   help=f"one per layer, comma-separated; {allowed(jaxbp.ACTIVATIONS)}")
+    p.add_argument("--loss", default=LOSS, help=allowed(jaxbp.LOSSES))
+    p.add_argument("--optimizer", default=OPTIMIZER, help=allowed(OPTIMIZERS))
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: per dataset)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: per dataset)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
+    p.add_argument("--seed", type=int, default=SEED, help="init and batch order")
+    p.add_argument("--grad", default=GRAD, help="manual, autodiff or both")
+    p.add_argument("--x64", action="store_true", help="float64 instead of float32")
+    p.add_argument("--devices", default=str(DEVICES),
+                   help="devices to split each batch over (data parallel), an int or 'all'")
+    p.add_argument("--out", default=None, help="output directory (default: runs/<dataset>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host: call jax.distributed.initialize() first (auto-detects "
+                        "SLURM, Open MPI, Cloud TPU; or pass the three flags below)")
+    p.add_argument("--coordinator", default=None, help="with --distributed: host:port of process 0")
+    p.add_argument("--num-processes", type=int, default=None, help="with --distributed")
+    p.add_argument("--process-id", type=int, default=None, help="with --distributed")
+    return p
+
+
+def cli(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.distributed:
+        jax.distributed.initialize(coordinator_address=args.coordinator,
+                                   num_processes=args.num_processes, process_id=args.process_id)
+    devices = args.devices
+    if devices != "all":
+        try:
+            devices = int(devices)
+        except ValueError:
+            parser.error(f"argument --devices: expected an int or 'all', got {devices!r}")
+    try:
+        main(dataset=args.dataset, sizes=args.sizes, activations=args.activations,
+             loss=args.loss, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
+             batch_size=args.batch_size, seed=args.seed, grad=args.grad, x64=args.x64,
+             devices=devices, out=args.out, quiet=args.quiet)
+    except FlagError as e:
+        parser.error(str(e))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

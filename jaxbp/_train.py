@@ -1,0 +1,157 @@
+"""Optax training steps driven by manual backprop or by jax.grad, on one device or many.
+
+One step is the plain Optax update
+
+    loss, g = value_and_grad(params, X, Y)        # g = ∂L/∂params, mean over the batch
+    updates, opt_state = optimizer.update(g, opt_state, params)
+    params = params + updates
+
+where ``g`` comes from the notes' chain (``Network.value_and_grad``, "manual")
+or from ``jax.value_and_grad(net.batch_loss)`` ("autodiff"). Everything else
+is identical, so two runs from the same params on the same batches differ only
+by the round-off of the two gradient computations.
+
+Data parallelism is ``jax.sharding``'s: a one-axis ``Mesh`` named "batch",
+X and Y split along their first axis, params and optimizer state replicated.
+``jax.jit`` inserts the cross-device sum of the gradient itself; nothing here
+is device- or backend-specific, and the same code runs multi-host after
+``jax.distributed.initialize()`` (the mesh then spans every process's devices).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from jaxbp._network import Network
+
+GRADS = ("manual", "autodiff")
+BATCH_AXIS = "batch"
+
+
+def _value_and_grad_fn(net: Network, grad: str) -> Callable:
+    if grad == "manual":
+        return net.value_and_grad  # the notes' chain, no jax.grad inside
+    return jax.value_and_grad(net.batch_loss)
+
+
+def make_step(net: Network, optimizer: optax.GradientTransformation, *, grad: str = "manual",
+              mesh: Mesh | None = None) -> Callable:
+    """A jitted, pure Optax training step using manual backprop or jax.grad.
+
+    ``step(params, opt_state, X, Y) -> (params, opt_state, loss)`` where loss is
+    the mean batch loss at the *incoming* params (the one the gradient is taken at).
+
+    Args:
+      net: the ``Network``.
+      optimizer: any ``optax.GradientTransformation`` (``optax.adam(1e-3)``, a chain, ...).
+      grad: "manual" (``net.value_and_grad``, the notes' chain rule) or "autodiff"
+        (``jax.value_and_grad(net.batch_loss)``, the ground truth).
+      mesh: optional one-axis mesh from ``batch_mesh``: X (B, m) and Y (B, n^L) are then
+        split along B over its devices and params/opt_state replicated (B must be
+        divisible by the device count). None: JAX's default placement.
+
+    Returns:
+      The jitted step. It does not donate its inputs, so params can be reused.
+
+    Example:
+      >>> import jax, optax, jaxbp
+      >>> net = jaxbp.Network(sizes=(2, 8, 1), activations=("tanh", "identity"), loss="squared")
+      >>> params = net.init(jax.random.key(0))
+      >>> optimizer = optax.sgd(0.1)
+      >>> step = jaxbp.make_step(net, optimizer, grad="manual")
+      >>> X, Y = jax.numpy.ones((4, 2)), jax.numpy.zeros((4, 1))
+      >>> params, opt_state, loss = step(params, optimizer.init(params), X, Y)
+      >>> loss.shape
+      ()
+    """
+    if not isinstance(net, Network):
+        raise TypeError(f"net: expected a jaxbp.Network, got {type(net).__name__}")
+    if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+        raise TypeError(
+            f"optimizer: expected an optax.GradientTransformation (with init and update), "
+            f"got {type(optimizer).__name__}")
+    if grad not in GRADS:
+        raise ValueError(f"grad: expected one of {', '.join(map(repr, GRADS))}, got {grad!r}")
+    value_and_grad = _value_and_grad_fn(net, grad)
+
+    def step(params, opt_state, X, Y):
+        loss, grads = value_and_grad(params, X, Y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    if mesh is None:
+        return jax.jit(step)
+    _check_mesh(mesh)
+    replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P(BATCH_AXIS))
+    return jax.jit(step, in_shardings=(replicated, replicated, batch, batch),
+                   out_shardings=(replicated, replicated, replicated))
+
+
+def _check_mesh(mesh: Any) -> None:
+    if not isinstance(mesh, Mesh) or tuple(mesh.axis_names) != (BATCH_AXIS,):
+        raise TypeError(f"mesh: expected a one-axis jax.sharding.Mesh named {BATCH_AXIS!r} "
+                        f"(see jaxbp.batch_mesh), got {mesh!r}")
+
+
+def batch_mesh(num_devices: int | None = None, *, devices: Sequence | None = None) -> Mesh:
+    """A one-axis ``Mesh`` named "batch" over the first ``num_devices`` devices.
+
+    Args:
+      num_devices: how many devices; None for all of ``devices``.
+      devices: the devices to draw from; default ``jax.devices()`` (every process's
+        devices after ``jax.distributed.initialize()``).
+
+    Returns:
+      ``Mesh(devices[:num_devices], ("batch",))``.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if num_devices is None:
+        num_devices = len(devices)
+    if isinstance(num_devices, bool) or not isinstance(num_devices, int) \
+            or not 1 <= num_devices <= len(devices):
+        raise ValueError(f"num_devices: expected an int in 1..{len(devices)} (the devices "
+                         f"available), got {num_devices!r}")
+    return Mesh(np.array(devices[:num_devices]), (BATCH_AXIS,))
+
+
+def shard_batch(mesh: Mesh, *arrays) -> tuple[jax.Array, ...]:
+    """Global arrays split along their first axis over ``mesh``.
+
+    Each process passes the whole (same) host array; every device receives only
+    its slice, so this also works multi-host.
+
+    Args:
+      mesh: from ``batch_mesh``.
+      *arrays: host arrays of shape (B, ...), B divisible by the mesh's size.
+
+    Returns:
+      One ``jax.Array`` per input, sharded ``P("batch")``.
+    """
+    _check_mesh(mesh)
+    size = mesh.devices.size
+    sharding = NamedSharding(mesh, P(BATCH_AXIS))
+    out = []
+    for i, x in enumerate(arrays):
+        x = np.asarray(x)
+        if x.ndim == 0 or x.shape[0] % size:
+            raise ValueError(f"arrays[{i}]: expected a leading batch axis divisible by the "
+                             f"{size} devices of the mesh, got shape {x.shape}")
+        out.append(jax.make_array_from_callback(x.shape, sharding, lambda idx, x=x: x[idx]))
+    return tuple(out)
+
+
+def replicate(mesh: Mesh, tree: Any) -> Any:
+    """A pytree with every leaf copied whole to each device of ``mesh`` (multi-host safe)."""
+    _check_mesh(mesh)
+    sharding = NamedSharding(mesh, P())
+
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree.map(put, tree)
