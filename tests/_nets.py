@@ -1,0 +1,57 @@
+"""Shared strategies and helpers for the core tests."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import strategies as st
+
+import jaxbp
+from jaxbp._demo import _random_targets
+from jaxbp._tolerances import tree_relative_error
+
+ACTIVATION_NAMES = tuple(jaxbp.ACTIVATIONS)
+
+# Last activations that make sense for each loss.
+LAST_ACTIVATIONS = {
+    "squared": ACTIVATION_NAMES,
+    "hinge": ("identity", "tanh"),
+    "binary_nll": ("sigmoid",),
+    "nll": ("softmax",),
+}
+
+
+@st.composite
+def networks(draw, max_depth=5, max_width=6):
+    loss = draw(st.sampled_from(tuple(LAST_ACTIVATIONS)))
+    depth = draw(st.integers(1, max_depth))
+    hidden = draw(st.lists(st.sampled_from(ACTIVATION_NAMES), min_size=depth - 1,
+                           max_size=depth - 1))
+    last = draw(st.sampled_from(LAST_ACTIVATIONS[loss]))
+    sizes = draw(st.lists(st.integers(1, max_width), min_size=depth + 1, max_size=depth + 1))
+    if loss == "hinge":
+        sizes[-1] = 1
+    if loss == "nll":
+        sizes[-1] = max(sizes[-1], 2)
+    return jaxbp.Network(sizes=tuple(sizes), activations=(*hidden, last), loss=loss)
+
+
+def make_problem(net, seed, batch, dtype):
+    """Params with random (nonzero) biases, inputs and valid targets."""
+    kp, kb, kx, ky = jax.random.split(jax.random.key(seed), 4)
+    params = net.init(kp, dtype=dtype)
+    bias_keys = jax.random.split(kb, net.num_layers)
+    params = tuple(jaxbp.Dense(p.W, 0.3 * jax.random.normal(k, p.W0.shape, dtype))
+                   for p, k in zip(params, bias_keys))
+    X = jax.random.normal(kx, (batch, net.sizes[0]), dtype)
+    Y = _random_targets(net, ky, batch, dtype)
+    return params, X, Y
+
+
+def assert_close(got, want, rtol):
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert g.shape == w.shape and g.dtype == w.dtype, (g.shape, g.dtype, w.shape, w.dtype)
+        assert np.all(np.isfinite(np.asarray(g)))
+    err = tree_relative_error(got, want)
+    assert err <= rtol, f"relative error {err:.3e} > {rtol:.0e}"
+    return err
