@@ -43,6 +43,7 @@ raises a ValueError instead of returning NaN.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Sequence
 
 import jax
@@ -166,22 +167,31 @@ def chain(net, params, x: ArrayLike, y: ArrayLike, *, layer: int) -> list[Factor
     if net.sizes[0] == 1 and _checks.is_concrete(x) and np.ndim(x) == 0:
         x = jnp.reshape(jnp.asarray(x), (1,))
     params, x, y = net._example(params, x, y, batched=False)
+    values = _values(net, tuple(params), x, y, layer)
+    factors = [Factor(name, symbol(name, k), v)
+               for (name, k), v in zip(spec(net.num_layers, layer), values)]
+    _check_finite(net, factors)
+    return factors
+
+
+def _values(net, params, x, y, layer: int) -> tuple:
+    # Not jitted on purpose: eager ops are compiled once per shape and reused by
+    # every net, while a jitted chain compiles once per (net, layer). Wrap a
+    # caller in jax.jit for speed; chain traces cleanly.
     trace = _forward_trace(net, params, x)
     acts, loss = net._acts, net._loss
     L = net.num_layers
-    factors = []
+    values = []
     for name, k in spec(L, layer):
         if name == "loss":
-            value = loss.dL_da(trace.a[L], y)[:, None]  # (n^L, 1)
+            values.append(loss.dL_da(trace.a[L], y)[:, None])  # (n^L, 1)
         elif name == "activation":
-            value = _activation_matrix(acts[k - 1], trace.z[k - 1])  # (n^k, n^k)
+            values.append(_activation_matrix(acts[k - 1], trace.z[k - 1]))  # (n^k, n^k)
         elif name == "link":
-            value = params[k - 1].W  # (m^k, n^k)
+            values.append(params[k - 1].W)  # (m^k, n^k)
         else:
-            value = trace.a[k - 1][:, None]  # (m^l, 1)
-        factors.append(Factor(name, symbol(name, k), value))
-    _check_finite(net, factors)
-    return factors
+            values.append(trace.a[k - 1][:, None])  # (m^l, 1)
+    return tuple(values)
 
 
 def _check_finite(net, factors) -> None:
@@ -196,18 +206,30 @@ def _check_finite(net, factors) -> None:
     raise ValueError(f"chain: factor(s) {', '.join(bad)} are not finite (NaN or inf){hint}")
 
 
-def _as_matrix(f: Factor, i: int, column: bool) -> jax.Array:
-    v = f.value
-    if not hasattr(v, "ndim"):
-        v = jnp.asarray(v)
-    if v.ndim == 1 and column:
-        return v[:, None]
-    if v.ndim == 1 and f.name == "activation":
-        return jnp.diag(v)  # the diagonal of an elementwise activation's matrix
-    if v.ndim != 2:
+def _kind(f: Factor, i: int, column: bool) -> tuple[str, tuple[int, int]]:
+    """How a value becomes a matrix ("matrix", "column" or "diag") and that matrix's shape."""
+    shape = tuple(np.shape(f.value))
+    if len(shape) == 1 and column:
+        return "column", (shape[0], 1)
+    if len(shape) == 1 and f.name == "activation":
+        return "diag", (shape[0], shape[0])  # the diagonal of an elementwise activation
+    if len(shape) != 2:
         raise ValueError(
-            f"factors[{i}] ({f.symbol}): expected a matrix (or vector), got shape {tuple(v.shape)}")
-    return v
+            f"factors[{i}] ({f.symbol}): expected a matrix (or vector), got shape {shape}")
+    return "matrix", shape
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _multiply(kinds: tuple, weight_last: bool, values: tuple) -> jax.Array:
+    # One compiled function per chain layout: cheaper than dispatching each matmul.
+    mats = [v[:, None] if kind == "column" else jnp.diag(v) if kind == "diag" else v
+            for kind, v in zip(kinds, values)]
+    g = mats[0]  # ∂L/∂a^L, (n^L, 1)
+    for F in mats[1:len(mats) - weight_last]:
+        g = F @ g  # (p, q) @ (q, 1) -> (p, 1)
+    if weight_last:
+        return mats[-1] @ g.T  # a^{l-1} (∂L/∂z^l)ᵀ: (m, 1) @ (1, n) -> (m, n)
+    return g[:, 0]
 
 
 def contract(factors: Sequence[Factor]) -> jax.Array:
@@ -255,7 +277,12 @@ def contract(factors: Sequence[Factor]) -> jax.Array:
         raise ValueError(
             f"factors[0]: expected the loss factor ∂L/∂a^L first, got {factors[0].name!r} "
             f"({factors[0].symbol})")
-    g = _as_matrix(factors[0], 0, column=True)  # (n^L, 1)
+    kind, (rows, cols) = _kind(factors[0], 0, column=True)
+    if cols != 1:
+        raise ValueError(f"factors[0] ({factors[0].symbol}): expected a column (n, 1), "
+                         f"got {tuple(np.shape(factors[0].value))}")
+    kinds = [kind]
+    weight_last = False
     for i, f in enumerate(factors[1:], start=1):
         if f.name == "loss":
             raise ValueError(f"factors[{i}]: the loss factor can only come first")
@@ -264,16 +291,19 @@ def contract(factors: Sequence[Factor]) -> jax.Array:
                 raise ValueError(
                     f"factors[{i}] ({f.symbol}): the weight factor must be the last, "
                     f"but {len(factors) - 1 - i} factor(s) follow it")
-            a_prev = _as_matrix(f, i, column=True)  # (m^l, 1)
-            if a_prev.shape[1] != 1:
+            kind, shape = _kind(f, i, column=True)
+            if shape[1] != 1:
                 raise ValueError(
                     f"factors[{i}] ({f.symbol}): expected a column a^(l-1) of shape (m, 1), "
-                    f"got {tuple(a_prev.shape)}")
-            return a_prev @ g.T  # (m, 1) @ (1, n) -> (m, n)
-        F = _as_matrix(f, i, column=False)
-        if F.shape[1] != g.shape[0]:
+                    f"got {shape}")
+            kinds.append(kind)
+            weight_last = True
+            break
+        kind, shape = _kind(f, i, column=False)
+        if shape[1] != rows:
             raise ValueError(
-                f"factors[{i}] ({f.symbol}): shape {tuple(F.shape)} does not chain onto the "
-                f"gradient so far, shape {tuple(g.shape)}; expected (·, {g.shape[0]})")
-        g = F @ g  # (p, q) @ (q, 1) -> (p, 1)
-    return g[:, 0]
+                f"factors[{i}] ({f.symbol}): shape {shape} does not chain onto the gradient "
+                f"so far, shape {(rows, 1)}; expected (·, {rows})")
+        kinds.append(kind)
+        rows = shape[0]
+    return _multiply(tuple(kinds), weight_last, tuple(jnp.asarray(f.value) for f in factors))

@@ -15,6 +15,7 @@ backprop uses in place of the first two factors.
 from __future__ import annotations
 
 import argparse
+import functools
 import re
 
 import jax
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import _chain
+from jaxbp._network import _forward_trace
 from jaxbp._tolerances import relative_error
 
 FORMATS = ("text", "latex")
@@ -227,9 +229,16 @@ def _latex_rows(net, spec, factors) -> list[str]:
     return lines
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _reference(net, params, x, y):
+    """jax.grad's gradient (the ground truth) and z^L, compiled once per net."""
+    return jax.grad(net.loss)(params, x, y), _forward_trace(net, params, x).z[-1]
+
+
 def _checks_lines(net, params, x, y, layer, factors, latex) -> list[str]:
     """Product of the factors beside jax.grad, the bias, and the fused loss factor."""
-    grads = jax.grad(net.loss)(params, x, y)[layer - 1]
+    grads, zL = _reference(net, params, x, y)
+    grads = grads[layer - 1]
     product, bias = _chain.contract(factors), _chain.contract(factors[:-1])
     err_W, err_b = relative_error(product, grads.W), relative_error(bias, grads.W0)
     L = net.num_layers
@@ -252,8 +261,7 @@ def _checks_lines(net, params, x, y, layer, factors, latex) -> list[str]:
                f" = {_fmt(bias[:, None], False)}   jax.grad {_fmt(grads.W0[:, None], False)}"
                f"   relative error {err_b:.1e}"]
     if net._loss.dL_dz is not None:
-        trace = net.forward_trace(params, x)
-        fused = net._loss.dL_dz(trace.z[L - 1], y)
+        fused = net._loss.dL_dz(zL, y)
         unfused = _chain.contract(factors[:2])
         err = relative_error(unfused, fused)
         if latex:
