@@ -82,8 +82,13 @@ def _loss_value(net: "Network", trace: Trace, y) -> jax.Array:
     return loss.value(trace.a[-1], y)
 
 
-def _deltas(net: "Network", params, trace: Trace, y) -> tuple:
-    """(∂L/∂z^1, ..., ∂L/∂z^L) by the notes' chain, from the loss backwards."""
+def _deltas(net: "Network", params, trace: Trace, y, scale=None) -> tuple:
+    """(∂L/∂z^1, ..., ∂L/∂z^L) by the notes' chain, from the loss backwards.
+
+    Each ∂L/∂z^ℓ is linear in ∂L/∂z^L, so an optional ``scale`` (a scalar, e.g.
+    1/B for a mean) multiplies ∂L/∂z^L once, at its small (B, n^L) size, instead
+    of every (m, n) weight gradient afterwards.
+    """
     L = net.num_layers
     loss, acts = net._loss, net._acts
     zL, aL = trace.z[L - 1], trace.a[L]
@@ -91,6 +96,8 @@ def _deltas(net: "Network", params, trace: Trace, y) -> tuple:
         dL_dz = loss.dL_dz(zL, y)
     else:  # ∂L/∂a^L times ∂a^L/∂z^L
         dL_dz = acts[L - 1].vjp(zL, aL, loss.dL_da(aL, y))
+    if scale is not None:
+        dL_dz = dL_dz * scale
     deltas = [dL_dz]
     for l in range(L, 1, -1):  # from layer l to layer l-1
         dL_da = dL_dz @ params[l - 1].W.T  # link W^l: (B, n^l) @ (n^l, m^l) -> (B, m^l)
@@ -111,9 +118,10 @@ def _backprop(net, params, x, y):
 def _value_and_grad(net, params, X, Y):
     B = X.shape[0]
     trace = _forward_trace(net, params, X)
-    deltas = _deltas(net, params, trace, Y)  # each (B, n^ℓ)
+    # The mean's 1/B scales δ^L (B, n^L), not each (m, n) product: no extra pass.
+    deltas = _deltas(net, params, trace, Y, scale=1.0 / B)  # each (B, n^ℓ), divided by B
     grads = tuple(
-        Dense(A_prev.T @ d / B, jnp.sum(d, axis=0) / B)  # (m, B) @ (B, n) -> (m, n)
+        Dense(A_prev.T @ d, jnp.sum(d, axis=0))  # (m, B) @ (B, n) -> (m, n)
         for A_prev, d in zip(trace.a[:-1], deltas)
     )
     return jnp.mean(_loss_value(net, trace, Y)), grads

@@ -1,0 +1,381 @@
+"""Speed: jaxbp's hand-written backprop against the jax.grad-based equivalent.
+
+For each case (an MLP, a batch size and a dtype) and each task, the jaxbp
+function and its jax.grad-based reference are compiled (compile time reported
+separately), warmed up, then timed *interleaved* in this one process: each
+repeat times both, in alternating order, and the table shows medians and the
+speedup t_reference / t_jaxbp (> 1: jaxbp is faster). Every call ends in
+``block_until_ready``; the public methods are timed under ``jax.jit``, where
+their value checks (NaN scans of X and Y) are skipped.
+
+Tasks:
+  * batch gradient: ``net.value_and_grad`` vs ``jax.value_and_grad(net.batch_loss)``,
+    and for the large MLP its GFLOP/s next to the same matmuls done by plain
+    ``jnp.dot`` in the same run (share of the attainable matmul rate);
+  * per-example gradients: ``net.per_example_grads`` vs ``vmap(grad)``, next to
+    the memory-bandwidth bound: the time to write the same B·m·n output;
+  * per-example gradient norms (ghost norm) vs ``vmap(grad)`` then a norm;
+  * clipped mean gradient (DP-SGD, no noise) vs ``vmap(grad)`` then clipping.
+
+The vmap-based references hold B×m×n per-example gradients (1.6 GB at B=32 for
+the large MLP in float64), so the per-example tasks of the large MLP use a
+smaller batch (``B_per_example``) than its batch gradient.
+
+Usage:
+  python experiments/benchmark.py                # full, float32
+  python experiments/benchmark.py --x64 --json runs/benchmark.json   # float32 and float64
+  python experiments/benchmark.py --quick        # fewer repeats, large case < 4 GB
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Case(NamedTuple):
+    name: str
+    sizes: tuple[int, ...]
+    batch: int  # batch gradient
+    batch_per_example: int  # per-example grads, norms, clipping (B×m×n references)
+
+
+ACTIVATIONS = ("relu", "relu", "softmax")  # hidden relu, softmax + nll: an MNIST-style MLP
+LOSS = "nll"
+CASES = (Case("small", (784, 256, 256, 10), 128, 128),
+         Case("large", (1024, 2048, 2048, 10), 512, 32))  # f64 B·m·n: 1.6 GB
+QUICK_CASES = (Case("small", (784, 256, 256, 10), 128, 128),
+               Case("large", (1024, 2048, 2048, 10), 512, 16))  # f64 B·m·n: 0.8 GB
+TINY_CASES = (Case("small", (16, 32, 32, 4), 8, 8),  # for the tests: seconds, not speed
+              Case("large", (32, 64, 64, 4), 16, 4))
+REPEATS = {"full": 21, "quick": 7, "tiny": 3}
+MIN_SAMPLE_S = {"full": 0.05, "quick": 0.02, "tiny": 0.0}  # calls per sample reach this
+MAX_PAIR_S = {"full": 40.0, "quick": 12.0, "tiny": 1.0}  # fewer repeats for slow pairs...
+MIN_REPEATS = 5  # ...but never fewer than this (tiny: REPEATS["tiny"])
+WARMUP_CALLS = 2
+CLIP_QUANTILE = 0.5  # max_norm = this quantile of the per-example norms: half clipped
+
+# Targets on the speedup t_reference / t_jaxbp (the issue's "ratio ≤ 1.0" for the batch
+# gradient is speedup ≥ 1.0) and on the share of the jnp.dot rate.
+TARGETS = {"batch_grad": 1.0, "per_example_grads": 1.8, "norms": 20.0, "clipped": 20.0,
+           "dot_share": 0.90}
+
+
+# ------------------------------------------------------------------ timing
+
+def compile_timed(fn: Callable, *args):
+    """jit(fn) lowered and compiled for these arguments; (executable, seconds)."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def time_interleaved(calls: dict, *, repeats: int, min_sample_s: float,
+                     max_s: float = math.inf) -> dict:
+    """Median seconds per call of each compiled fn, timed in alternating order.
+
+    Each sample runs a fn `number` times (enough to last ``min_sample_s``) and
+    blocks on every result, which is dropped at once so that at most one large
+    output is alive. Slow fns get fewer repeats (about ``max_s`` in all, at
+    least ``min(MIN_REPEATS, repeats)``).
+
+    Args:
+      calls: {name: (compiled fn, args)}.
+
+    Returns:
+      {name: {"median_s", "samples_s", "number"}}.
+    """
+    number, total = {}, 0.0
+    for name, (fn, args) in calls.items():
+        for _ in range(WARMUP_CALLS):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            single = time.perf_counter() - t0
+        number[name] = max(1, math.ceil(min_sample_s / max(single, 1e-9)))
+        total += number[name] * single
+    repeats = max(min(MIN_REPEATS, repeats), min(repeats, int(max_s / max(total, 1e-9))))
+    samples = {name: [] for name in calls}
+    names = list(calls)
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            (fn, args), n = calls[name], number[name]
+            t0 = time.perf_counter()
+            for _ in range(n):
+                jax.block_until_ready(fn(*args))
+            samples[name].append((time.perf_counter() - t0) / n)
+    return {name: {"median_s": statistics.median(s), "samples_s": s, "number": number[name]}
+            for name, s in samples.items()}
+
+
+def compare(jaxbp_fn, reference_fn, args, *, extra=None, repeats, min_sample_s, max_s) -> dict:
+    """Compile both, time them interleaved; the speedup t_reference / t_jaxbp.
+
+    Args:
+      extra: {name: (fn, args)} timed in the same interleaved loop (bounds);
+        their medians come back as ``{name}_s`` and compile times as
+        ``compile_{name}_s``.
+    """
+    fns = {"jaxbp": (jaxbp_fn, args), "reference": (reference_fn, args), **(extra or {})}
+    calls, compile_s = {}, {}
+    for name, (fn, fn_args) in fns.items():
+        compiled, compile_s[name] = compile_timed(fn, *fn_args)
+        calls[name] = (compiled, fn_args)
+    t = time_interleaved(calls, repeats=repeats, min_sample_s=min_sample_s, max_s=max_s)
+    paired = sorted(r / m for m, r in zip(t["jaxbp"]["samples_s"], t["reference"]["samples_s"]))
+    q = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+    return {
+        **{f"{name}_s": t[name]["median_s"] for name in fns},
+        "speedup": t["reference"]["median_s"] / t["jaxbp"]["median_s"],
+        "paired_speedup_quartiles": [q[0], q[1], q[2]],
+        **{f"compile_{name}_s": c for name, c in compile_s.items()},
+        "repeats": len(paired), "samples": {k: v["samples_s"] for k, v in t.items()},
+    }
+
+
+# ------------------------------------------------------------------ the references
+
+def make_references(net):
+    """jax.grad-based equivalents of the jaxbp functions, for one network."""
+    per_example = jax.vmap(jax.grad(net.loss), in_axes=(None, 0, 0))
+
+    def norms(params, X, Y):
+        g = per_example(params, X, Y)
+        return jnp.sqrt(sum(jnp.sum(leaf.reshape(X.shape[0], -1) ** 2, axis=1)
+                            for leaf in jax.tree.leaves(g)))  # (B,)
+
+    def clipped(params, X, Y, max_norm):
+        g = per_example(params, X, Y)
+        n = jnp.sqrt(sum(jnp.sum(leaf.reshape(X.shape[0], -1) ** 2, axis=1)
+                         for leaf in jax.tree.leaves(g)))
+        weight = max_norm / jnp.maximum(n, max_norm) / X.shape[0]  # same formula as jaxbp
+        return jax.tree.map(lambda leaf: jnp.tensordot(weight, leaf, axes=1), g)
+
+    return {"batch_grad": jax.value_and_grad(net.batch_loss), "per_example_grads": per_example,
+            "norms": norms, "clipped": clipped}
+
+
+def batch_grad_flops(sizes, B) -> int:
+    """Matmul FLOPs of one batch gradient: forward, links W^ℓ (ℓ ≥ 2), weight products."""
+    mn = [m * n for m, n in zip(sizes[:-1], sizes[1:])]
+    return 2 * B * (3 * sum(mn) - mn[0])
+
+
+def dots_only(A_prevs, deltas, Ws):
+    """The batch gradient's matmuls, nothing else: the attainable jnp.dot rate."""
+    out = []
+    for l, (A_prev, d, W) in enumerate(zip(A_prevs, deltas, Ws), start=1):
+        out.append(jnp.dot(A_prev, W))  # forward: (B, m) @ (m, n)
+        if l > 1:
+            out.append(jnp.dot(d, W.T))  # link: (B, n) @ (n, m)
+        out.append(jnp.dot(A_prev.T, d))  # weight: (m, B) @ (B, n)
+    return out
+
+
+def write_per_example_output(A_prevs, deltas):
+    """Writes arrays shaped like per_example_grads' output: the memory-traffic bound."""
+    return [(jnp.broadcast_to(d[:, None, :], (d.shape[0], A.shape[1], d.shape[1])), d + 0)
+            for A, d in zip(A_prevs, deltas)]
+
+
+# ------------------------------------------------------------------ one case
+
+def run_case(case: Case, dtype, *, repeats: int, min_sample_s: float, max_s: float,
+             seed: int = 0) -> list:
+    import jaxbp
+
+    net = jaxbp.Network(sizes=case.sizes, activations=ACTIVATIONS, loss=LOSS)
+    refs = make_references(net)
+    kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
+    params = net.init(kp, dtype=dtype)
+    X = jax.random.normal(kx, (case.batch, case.sizes[0]), dtype)
+    Y = jax.nn.one_hot(jax.random.randint(ky, (case.batch,), 0, case.sizes[-1]),
+                       case.sizes[-1], dtype=dtype)
+    Bp = case.batch_per_example
+    Xp, Yp = X[:Bp], Y[:Bp]
+    norms = net.per_example_grad_norms(params, Xp, Yp)
+    max_norm = jnp.quantile(norms, CLIP_QUANTILE).astype(dtype)
+    timing = dict(repeats=repeats, min_sample_s=min_sample_s, max_s=max_s)
+    base = {"case": case.name, "sizes": list(case.sizes), "dtype": jnp.dtype(dtype).name}
+    rows = []
+
+    def add(task, B, reference, result, **extra):
+        rows.append({**base, "task": task, "B": B, "reference": reference, **result, **extra})
+
+    extra = None
+    if case.name == "large":  # the same matmuls by plain jnp.dot, interleaved
+        trace = net.forward_trace(params, X)
+        extra = {"dot": (dots_only, (trace.a[:-1], net.deltas(params, X, Y),
+                                     tuple(p.W for p in params)))}
+    r = compare(net.value_and_grad, refs["batch_grad"], (params, X, Y), extra=extra, **timing)
+    add("batch_grad", case.batch, "jax.value_and_grad", r, target=TARGETS["batch_grad"],
+        met=r["speedup"] >= TARGETS["batch_grad"])
+    if extra:
+        flops = batch_grad_flops(case.sizes, case.batch)
+        share = r["dot_s"] / r["jaxbp_s"]
+        add("gflops_vs_dot", case.batch, "jnp.dot, same matmuls",
+            {"jaxbp_gflops": flops / r["jaxbp_s"] / 1e9,
+             "reference_gflops": flops / r["reference_s"] / 1e9,
+             "dot_gflops": flops / r["dot_s"] / 1e9, "dot_s": r["dot_s"], "flops": flops,
+             "share": share, "compile_dot_s": r["compile_dot_s"]},
+            target=TARGETS["dot_share"], met=share >= TARGETS["dot_share"])
+
+    trace = net.forward_trace(params, Xp)  # the write bound's inputs: any (B, m), (B, n)
+    extra = {"write": (write_per_example_output, (trace.a[:-1], net.deltas(params, Xp, Yp)))}
+    r = compare(net.per_example_grads, refs["per_example_grads"], (params, Xp, Yp),
+                extra=extra, **timing)
+    out_bytes = sum(jnp.dtype(dtype).itemsize * Bp * (m + 1) * n
+                    for m, n in net.layer_shapes)
+    add("per_example_grads", Bp, "vmap(grad)", r, target=TARGETS["per_example_grads"],
+        met=r["speedup"] >= TARGETS["per_example_grads"], output_bytes=out_bytes,
+        write_gb_per_s=out_bytes / r["write_s"] / 1e9,
+        bound_speedup=r["reference_s"] / r["write_s"], share_of_bound=r["write_s"] / r["jaxbp_s"])
+
+    r = compare(net.per_example_grad_norms, refs["norms"], (params, Xp, Yp), **timing)
+    add("norms", Bp, "vmap(grad)+norm", r, target=TARGETS["norms"],
+        met=r["speedup"] >= TARGETS["norms"])
+
+    r = compare(net.clipped_grad, refs["clipped"], (params, Xp, Yp, max_norm), **timing)
+    add("clipped", Bp, "vmap(grad)+clip", r, target=TARGETS["clipped"],
+        met=r["speedup"] >= TARGETS["clipped"])
+    return rows
+
+
+# ------------------------------------------------------------------ report
+
+COLUMNS = ("case", "dtype", "B", "task", "jaxbp", "reference", "speedup", "target", "met",
+           "compile s")
+TASK_LABELS = {"batch_grad": "batch grad", "gflops_vs_dot": "GFLOP/s vs jnp.dot",
+               "per_example_grads": "per-example grads", "write_bound": "  write bound",
+               "norms": "per-example norms", "clipped": "clipped grad"}
+
+
+def table_lines(rows: list) -> list[str]:
+    """The printed table: one line per row; times in ms, speedup = t_reference / t_jaxbp."""
+    lines = []
+    for row in rows:
+        task = TASK_LABELS[row["task"]]
+        met = "yes" if row["met"] else "NO"
+        if row["task"] == "gflops_vs_dot":
+            cells = (f"{row['jaxbp_gflops']:.1f} GF/s", f"{row['dot_gflops']:.1f} GF/s",
+                     f"{100 * row['share']:.1f}%", f">={100 * row['target']:.0f}%", met,
+                     f"{row['compile_dot_s']:.2f}")
+        else:
+            lo, _, hi = row["paired_speedup_quartiles"]
+            cells = (f"{1e3 * row['jaxbp_s']:.3f} ms", f"{1e3 * row['reference_s']:.3f} ms",
+                     f"{row['speedup']:.2f}x [{lo:.2f}-{hi:.2f}]", f">={row['target']:.1f}x",
+                     met, f"{row['compile_jaxbp_s']:.2f} / {row['compile_reference_s']:.2f}")
+        lines.append((row["case"], row["dtype"], str(row["B"]), task, *cells))
+        if row["task"] == "per_example_grads":
+            lines.append(("", "", "", TASK_LABELS["write_bound"],
+                          f"{1e3 * row['write_s']:.3f} ms",
+                          f"{row['write_gb_per_s']:.1f} GB/s",
+                          f"{row['bound_speedup']:.2f}x",
+                          f"{100 * row['share_of_bound']:.0f}% of bound", "", ""))
+    widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(COLUMNS)]
+
+    def fmt(cells):
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    return [fmt(COLUMNS), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+            *(fmt(line) for line in lines)]
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "jax": jax.__version__,
+            "backend": jax.default_backend(), "device": str(jax.devices()[0]),
+            "device_kind": jax.devices()[0].device_kind}
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far (Linux reports kB, macOS bytes)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1e9 if sys.platform == "darwin" else 1e6)
+
+
+def main(*, quick: bool = False, x64: bool = False, json_out: str | None = None,
+         tiny: bool = False, seed: int = 0) -> dict:
+    """Runs every case and task, prints the table, optionally writes JSON.
+
+    Args:
+      quick: fewer repeats and a smaller per-example batch for the large MLP
+        (keeps the process under 4 GB).
+      x64: also run float64 (turns on jax_enable_x64); float32 always runs.
+      json_out: path of a JSON file for the rows, the machine and the settings.
+      tiny: tiny shapes and 3 repeats, for the tests: checks structure, not speed.
+      seed: PRNG seed of parameters and data.
+
+    Returns:
+      {"machine", "settings", "rows", "peak_rss_gb", "all_targets_met"}.
+    """
+    if x64:
+        jax.config.update("jax_enable_x64", True)
+    mode = "tiny" if tiny else "quick" if quick else "full"
+    cases = {"tiny": TINY_CASES, "quick": QUICK_CASES, "full": CASES}[mode]
+    dtypes = (jnp.float32, jnp.float64) if x64 else (jnp.float32,)
+    info = machine()
+    print(f"jaxbp benchmark ({mode}): {info['cpu']}, {info['cores']} cores, "
+          f"jax {info['jax']} on {info['device']}", flush=True)
+    rows = []
+    for case in cases:
+        for dtype in dtypes:
+            t0 = time.perf_counter()
+            rows += run_case(case, dtype, repeats=REPEATS[mode], min_sample_s=MIN_SAMPLE_S[mode],
+                             max_s=MAX_PAIR_S[mode], seed=seed)
+            print(f"  {case.name} {jnp.dtype(dtype).name}: {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr, flush=True)
+    result = {
+        "machine": info,
+        "settings": {"mode": mode, "repeats": REPEATS[mode], "min_repeats": MIN_REPEATS,
+                     "max_pair_s": MAX_PAIR_S[mode], "min_sample_s": MIN_SAMPLE_S[mode],
+                     "activations": list(ACTIVATIONS), "loss": LOSS, "seed": seed,
+                     "clip_quantile": CLIP_QUANTILE, "targets": TARGETS},
+        "rows": rows,
+        "peak_rss_gb": peak_rss_gb(),
+        "all_targets_met": all(row["met"] for row in rows),
+    }
+    print("\n".join(table_lines(rows)))
+    print("speedup = t_reference / t_jaxbp, median of interleaved repeats [paired quartiles]; "
+          "compile s = jaxbp / reference.")
+    print("write bound: time to write the per-example output alone (B·m·n); its speedup "
+          "column bounds per-example grads' speedup; share = t_write / t_jaxbp.")
+    missed = [f"{r['case']} {r['dtype']} {r['task']}" for r in rows if not r["met"]]
+    print(f"peak process memory {result['peak_rss_gb']:.2f} GB; "
+          + ("all targets met" if not missed else "targets missed: " + ", ".join(missed)))
+    if json_out:
+        os.makedirs(os.path.dirname(os.path.abspath(json_out)), exist_ok=True)
+        with open(json_out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="fewer repeats; the large case stays under 4 GB")
+    p.add_argument("--x64", action="store_true", help="also run float64 (float32 always runs)")
+    p.add_argument("--json", dest="json_out", metavar="OUT", help="write the results as JSON")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests only
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    main(**vars(parse_args()))
