@@ -356,6 +356,8 @@ def main(*, quick: bool = False, x64: bool = False, json_out: str | None = None,
           "compile s = jaxbp / reference.")
     print("write bound: time to write the per-example output alone (B·m·n); its speedup "
           "column bounds per-example grads' speedup; share = t_write / t_jaxbp.")
+    if tiny:
+        print("tiny shapes (for the tests): these timings say nothing about speed.")
     missed = [f"{r['case']} {r['dtype']} {r['task']}" for r in rows if not r["met"]]
     print(f"peak process memory {result['peak_rss_gb']:.2f} GB; "
           + ("all targets met" if not missed else "targets missed: " + ", ".join(missed)))

@@ -1,0 +1,116 @@
+"""experiments/benchmark.py: the table's structure and JSON on tiny shapes; never speed."""
+
+import importlib.util
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "benchmark.py"
+TASKS = ["batch_grad", "per_example_grads", "norms", "clipped"]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--tiny", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_json_has_every_case_and_task(quick_run):
+    _, result = quick_run
+    assert set(result) >= {"machine", "settings", "rows", "peak_rss_gb", "all_targets_met"}
+    assert result["settings"]["mode"] == "tiny"
+    assert result["machine"]["backend"] == "cpu" and result["machine"]["cores"] >= 1
+    got = [(r["case"], r["dtype"], r["task"]) for r in result["rows"]]
+    want = [("small", "float32", t) for t in TASKS]
+    want += [("large", "float32", t) for t in TASKS[:1] + ["gflops_vs_dot"] + TASKS[1:]]
+    assert got == want
+    assert 0 < result["peak_rss_gb"] < 4
+
+
+def test_rows_are_consistent(quick_run):
+    _, result = quick_run
+    for row in result["rows"]:
+        assert isinstance(row["met"], bool)
+        if row["task"] == "gflops_vs_dot":
+            assert row["share"] == pytest.approx(row["jaxbp_gflops"] / row["dot_gflops"])
+            continue
+        assert row["jaxbp_s"] > 0 and row["reference_s"] > 0
+        assert row["speedup"] == pytest.approx(row["reference_s"] / row["jaxbp_s"])
+        lo, mid, hi = row["paired_speedup_quartiles"]
+        assert lo <= mid <= hi
+        assert len(row["samples"]["jaxbp"]) == len(row["samples"]["reference"]) == row["repeats"]
+        assert row["compile_jaxbp_s"] > 0 and row["compile_reference_s"] > 0
+        assert row["met"] == (row["speedup"] >= row["target"])
+    pe = [r for r in result["rows"] if r["task"] == "per_example_grads"]
+    for row in pe:  # 4 bytes (float32) × B × Σ (m + 1) n
+        m_n = list(zip(row["sizes"][:-1], row["sizes"][1:]))
+        assert row["output_bytes"] == 4 * row["B"] * sum((m + 1) * n for m, n in m_n)
+        assert row["share_of_bound"] == pytest.approx(row["write_s"] / row["jaxbp_s"])
+
+
+def test_printed_table_has_one_line_per_row(quick_run):
+    stdout, result = quick_run
+    lines = [line for line in stdout.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["case", "dtype", "B", "task", "jaxbp", "reference", "speedup", "target",
+                      "met", "compile s"]
+    body = lines[2:]
+    n_bound = sum(r["task"] == "per_example_grads" for r in result["rows"])
+    assert len(body) == len(result["rows"]) + n_bound  # + one write-bound line each
+    assert all(len(line.strip("|").split("|")) == len(header) for line in body)
+    assert "peak process memory" in stdout
+
+
+def test_batch_grad_flops_closed_form():
+    bench = load_benchmark()
+    # 2B(3Σmn − m¹n¹): forward and weight products on every layer, links from layer 2.
+    assert bench.batch_grad_flops((1024, 2048, 2048, 10), 512) == 2 * 512 * (
+        3 * (1024 * 2048 + 2048 * 2048 + 2048 * 10) - 1024 * 2048)
+    assert bench.batch_grad_flops((3, 2), 5) == 2 * 5 * 2 * 3 * 2
+
+
+def test_references_agree_with_jaxbp():
+    # The benchmark times equivalent computations: check its references give jaxbp's numbers.
+    import jax
+    import jax.numpy as jnp
+
+    import jaxbp
+    from jaxbp._tolerances import relative_error, tree_relative_error
+
+    bench = load_benchmark()
+    net = jaxbp.Network(sizes=(5, 6, 3), activations=bench.ACTIVATIONS[1:], loss=bench.LOSS)
+    params = net.init(jax.random.key(0), dtype=jnp.float64)
+    X = jax.random.normal(jax.random.key(1), (4, 5), jnp.float64)
+    Y = jax.nn.one_hot(jnp.array([0, 2, 1, 2]), 3, dtype=jnp.float64)
+    refs = bench.make_references(net)
+    assert tree_relative_error(refs["batch_grad"](params, X, Y),
+                               net.value_and_grad(params, X, Y)) < 1e-12
+    assert tree_relative_error(refs["per_example_grads"](params, X, Y),
+                               net.per_example_grads(params, X, Y)) < 1e-12
+    norms = net.per_example_grad_norms(params, X, Y)
+    assert relative_error(refs["norms"](params, X, Y), norms) < 1e-12
+    C = float(jnp.median(norms))
+    assert tree_relative_error(refs["clipped"](params, X, Y, C),
+                               net.clipped_grad(params, X, Y, C)) < 1e-12
+    # The write bound writes arrays shaped like the per-example gradients.
+    trace = net.forward_trace(params, X)
+    written = bench.write_per_example_output(trace.a[:-1], net.deltas(params, X, Y))
+    assert [w.shape for pair in written for w in pair] == [
+        g.shape for layer in net.per_example_grads(params, X, Y) for g in layer]
