@@ -12,7 +12,9 @@ from the loss backwards (their w^ℓ is jaxbp's W^l):
     weight      ∂z^l/∂W^l          a^{l−1}  (a^0 = x)           the forward pass
 
 That is 2(L − l) + 3 factors. Every value comes from the library's one
-derivative table; nothing here restates a derivative.
+derivative table; nothing here restates a derivative. (The link factor of layer
+k is W^k: where the notes' 1-D expansion prints w^L in the "layer L − 1" group,
+read w^{L−1}.)
 
 Shapes. Every value is a matrix, with vectors as columns as in the notes, and
 matrices in the notes' layout (entry (i, j) = ∂(numerator)_j/∂(denominator)_i),
