@@ -91,7 +91,8 @@ def check_x(name: str, x: Any, m: int, *, batched: bool, dtype) -> jax.Array:
         raise ValueError(f"{name}: expected shape {want} with m={m}, got {tuple(x.shape)}")
     if batched and x.shape[0] == 0:
         raise ValueError(f"{name}: empty batch (B=0); need at least one example")
-    if is_concrete(x) and not bool(jnp.all(jnp.isfinite(x))):
+    # numpy, not jnp: inside a trace even ops on a concrete (captured) array give tracers.
+    if is_concrete(x) and not np.all(np.isfinite(np.asarray(x))):
         raise ValueError(f"{name}: contains NaN or inf")
     return x.astype(dtype)
 

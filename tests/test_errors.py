@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import jaxbp
+from tests._nets import assert_close
 
 
 @pytest.fixture
@@ -128,3 +129,12 @@ def test_float64_without_x64_is_explained():
             net.init(jax.random.key(0), dtype=jnp.float64)
     finally:
         jax.config.update("jax_enable_x64", True)
+
+
+def test_data_captured_in_a_jitted_closure(nll_net):
+    """Concrete arrays closed over inside jit are checked with numpy, not turned into tracers."""
+    net, params, X, Y = nll_net
+    value = jax.jit(lambda p: net.loss(p, X[0], Y[0]))(params)
+    np.testing.assert_allclose(value, net.loss(params, X[0], Y[0]), rtol=1e-12)
+    grads = jax.jit(lambda p: net.grad(p, X, Y))(params)
+    assert_close(grads, jax.grad(net.batch_loss)(params, X, Y), 1e-10)
