@@ -238,7 +238,7 @@ def write_outputs(cfg: dict, run: dict, summary: dict, staging: str) -> list[str
         for t, row in enumerate(zip(*(hist[c] for c in columns)), start=1):
             writer.writerow([t] + [repr(float(v)) for v in row])
     np.savez(os.path.join(staging, "params.npz"),
-             **{f"{g}_{name}{l}": getattr(layer, name)
+             **{f"{g}_layer{l}_{name}": getattr(layer, name)
                 for g, r in run["results"].items()
                 for l, layer in enumerate(r["params"], start=1) for name in ("W", "W0")})
     import _plots as plots  # matplotlib only when writing
