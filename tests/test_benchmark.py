@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import os
 import pathlib
 import subprocess
@@ -84,6 +85,24 @@ def test_batch_grad_flops_closed_form():
     assert bench.batch_grad_flops((1024, 2048, 2048, 10), 512) == 2 * 512 * (
         3 * (1024 * 2048 + 2048 * 2048 + 2048 * 10) - 1024 * 2048)
     assert bench.batch_grad_flops((3, 2), 5) == 2 * 5 * 2 * 3 * 2
+
+
+def test_dot_calls_do_the_batch_gradients_flops():
+    import jax.numpy as jnp
+
+    bench = load_benchmark()
+    sizes, B = (7, 5, 4, 3), 6
+    A_prevs = tuple(jnp.ones((B, m)) for m in sizes[:-1])
+    deltas = tuple(jnp.ones((B, n)) for n in sizes[1:])
+    Ws = tuple(jnp.ones((m, n)) for m, n in zip(sizes[:-1], sizes[1:]))
+    calls = bench.dot_calls(A_prevs, deltas, Ws)
+    assert len(calls) == 3 * 3 - 1  # no link into the input
+    flops = 0
+    for fn, (lhs, rhs) in calls.values():
+        out = fn(lhs, rhs)
+        k = math.isqrt(lhs.size * rhs.size // out.size)  # (p, k) @ (k, q): k² = pk·kq / pq
+        flops += 2 * out.size * k
+    assert flops == bench.batch_grad_flops(sizes, B)
 
 
 def test_references_agree_with_jaxbp():
