@@ -164,8 +164,9 @@ def train(cfg: dict, *, dtype, quiet: bool) -> dict:
     mesh = jaxbp.batch_mesh(cfg["devices"])
     X, Y = data.X_train.astype(dtype), datasets.targets(data.y_train, data.num_classes,
                                                         net.loss_name).astype(dtype)
-    params0 = jaxbp.replicate(mesh, net.init(jax.random.key(cfg["seed"]), dtype=dtype))
-    state = {g: (params0, jaxbp.replicate(mesh, optimizer.init(params0))) for g in grads}
+    params0 = net.init(jax.random.key(cfg["seed"]), dtype=dtype)
+    start = jaxbp.replicate(mesh, (params0, optimizer.init(params0)))
+    state = dict.fromkeys(grads, start)
     steps, compile_seconds = {}, {}
     Xb, Yb = jaxbp.shard_batch(mesh, X[:cfg["batch_size"]], Y[:cfg["batch_size"]])
     for g in grads:  # compile ahead so that "seconds" measures training only
@@ -177,7 +178,7 @@ def train(cfg: dict, *, dtype, quiet: bool) -> dict:
     losses = {g: [] for g in grads}
     diffs = []
     show = not quiet and sys.stderr.isatty() and jax.process_index() == 0
-    bar = tqdm(total=cfg["steps"], disable=not show, desc=f"{data.name} {'+'.join(grads)}")
+    bar = tqdm(total=cfg["steps"], disable=not show, desc=data.name)
     every = max(1, cfg["steps"] // 50)
     for t, idx in enumerate(_batches(len(X), cfg["batch_size"], cfg["steps"], cfg["seed"])):
         Xb, Yb = jax.block_until_ready(jaxbp.shard_batch(mesh, X[idx], Y[idx]))  # not timed
@@ -195,7 +196,7 @@ def train(cfg: dict, *, dtype, quiet: bool) -> dict:
         if (t + 1) % every == 0 or t + 1 == cfg["steps"]:
             post = {g: f"{float(host(losses[g][-1])):.4f}" for g in grads}
             if diffs:
-                post["param_diff"] = f"{float(host(diffs[-1])):.1e}"
+                post["gap"] = f"{float(host(diffs[-1])):.1e}"
             bar.set_postfix(post, refresh=False)
         bar.update(1)
     bar.close()
@@ -316,24 +317,28 @@ def _print_summary(s: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    presets = "; ".join(f"{name}: hidden {','.join(map(str, p['hidden']))} {p['activation']}, "
+                        f"{p['steps']} steps, lr {p['lr']:g}" for name, p in PRESETS.items())
     p = Parser(prog="train.py", description=__doc__.split("\n\n")[0],
-                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--dataset", default=DATASET, help=allowed(datasets.NAMES))
+               epilog=f"Per-dataset defaults: {presets}.")
+    p.add_argument("--dataset", default=DATASET, help=f"{allowed(datasets.NAMES)} (default {DATASET})")
     p.add_argument("--sizes", default=None,
-                   help="comma-separated layer sizes, inputs first (default: per dataset)")
+                   help="comma-separated layer sizes, inputs first, e.g. 64,128,10")
     p.add_argument("--activations", default=None,
                    help=f"one per layer, comma-separated; {allowed(jaxbp.ACTIVATIONS)}")
-    p.add_argument("--loss", default=LOSS, help=allowed(jaxbp.LOSSES))
-    p.add_argument("--optimizer", default=OPTIMIZER, help=allowed(OPTIMIZERS))
-    p.add_argument("--lr", type=float, default=None, help="learning rate (default: per dataset)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: per dataset)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--seed", type=int, default=SEED, help="init and batch order")
-    p.add_argument("--grad", default=GRAD, help="manual, autodiff or both")
+    p.add_argument("--loss", default=LOSS, help=f"{allowed(jaxbp.LOSSES)} (default {LOSS})")
+    p.add_argument("--optimizer", default=OPTIMIZER,
+                   help=f"{allowed(OPTIMIZERS)} (default {OPTIMIZER})")
+    p.add_argument("--lr", type=float, default=None, help="learning rate")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"(default {BATCH_SIZE})")
+    p.add_argument("--seed", type=int, default=SEED, help=f"init and batch order (default {SEED})")
+    p.add_argument("--grad", default=GRAD, help=f"manual, autodiff or both (default {GRAD})")
     p.add_argument("--x64", action="store_true", help="float64 instead of float32")
     p.add_argument("--devices", default=str(DEVICES),
-                   help="devices to split each batch over (data parallel), an int or 'all'")
-    p.add_argument("--out", default=None, help="output directory (default: runs/<dataset>)")
+                   help=f"devices to split each batch over (data parallel): an int or all "
+                        f"(default {DEVICES})")
+    p.add_argument("--out", default=None, help="output directory (default runs/<dataset>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host: call jax.distributed.initialize() first (auto-detects "

@@ -139,9 +139,10 @@ _FOUR_DEVICES = textwrap.dedent("""
     for dtype in ("float32", "float64"):
         params = net.init(jax.random.key(0), dtype=dtype)
         data = [(rng.standard_normal((12, 5)).astype(dtype),
-                 np.eye(3, dtype=dtype)[rng.integers(0, 3, 12)]) for _ in range(10)]
+                 np.eye(3, dtype=dtype)[rng.integers(0, 3, 12)]) for _ in range(6)]
         finals = {}
-        for grad in ("manual", "autodiff"):
+        grads = ("manual", "autodiff") if dtype == "float64" else ("manual",)
+        for grad in grads:
             for n in (1, 4):
                 mesh = jaxbp.batch_mesh(n)
                 optimizer = optax.adam(1e-2)
@@ -151,14 +152,14 @@ _FOUR_DEVICES = textwrap.dedent("""
                     Xs, Ys = jaxbp.shard_batch(mesh, X, Y)
                     p, s, loss = step(p, s, Xs, Ys)
                 finals[grad, n] = [np.asarray(leaf) for leaf in jax.tree.leaves(p)]
-                if n == 4:
+                if n == 4 and dtype == "float64":
                     out["x_devices"] = len(Xs.sharding.device_set)
                     out["x_shard_rows"] = Xs.addressable_shards[0].data.shape[0]
                     out["params_replicated"] = all(l.sharding.is_fully_replicated
                                                    for l in jax.tree.leaves(p))
                     hlo = step.lower(p, s, Xs, Ys).compile().as_text()
                     out["all_reduce"] = "all-reduce" in hlo
-        ref = finals["autodiff", 1]
+        ref = finals[grads[-1], 1]
         out[dtype] = {f"{g}_{n}": max(float(np.max(np.abs(a - b))) for a, b in zip(v, ref))
                       for (g, n), v in finals.items()}
     try:
