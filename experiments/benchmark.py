@@ -69,8 +69,8 @@ CLIP_QUANTILE = 0.5  # max_norm = this quantile of the per-example norms: half c
 
 # Targets on the speedup t_reference / t_jaxbp (the issue's "ratio ≤ 1.0" for the batch
 # gradient is speedup ≥ 1.0) and on the share of the jnp.dot rate.
-TARGETS = {"batch_grad": 1.0, "per_example_grads": 1.8, "norms": 20.0, "clipped": 20.0,
-           "dot_share": 0.90}
+TARGETS = {"batch_grad": 1.0, "per_example_grads": 1.8, "norms": 20.0, "dot_share": 0.90}
+# (The issue sets no target for clipping; its row shows the speedup alone.)
 
 
 # ------------------------------------------------------------------ timing
@@ -137,6 +137,8 @@ def compare(jaxbp_fn, reference_fn, args, *, extra=None, repeats, min_sample_s, 
     q = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
     return {
         **{f"{name}_s": t[name]["median_s"] for name in fns},
+        "jaxbp_min_s": min(t["jaxbp"]["samples_s"]),
+        "reference_min_s": min(t["reference"]["samples_s"]),
         "speedup": t["reference"]["median_s"] / t["jaxbp"]["median_s"],
         "paired_speedup_quartiles": [q[0], q[1], q[2]],
         **{f"compile_{name}_s": c for name, c in compile_s.items()},
@@ -263,8 +265,7 @@ def run_case(case: Case, dtype, *, repeats: int, min_sample_s: float, max_s: flo
         met=r["speedup"] >= TARGETS["norms"])
 
     r = compare(net.clipped_grad, refs["clipped"], (params, Xp, Yp, max_norm), **timing)
-    add("clipped", Bp, "vmap(grad)+clip", r, target=TARGETS["clipped"],
-        met=r["speedup"] >= TARGETS["clipped"])
+    add("clipped", Bp, "vmap(grad)+clip", r, target=None, met=None)
     return rows
 
 
@@ -282,7 +283,7 @@ def table_lines(rows: list) -> list[str]:
     lines = []
     for row in rows:
         task = TASK_LABELS[row["task"]]
-        met = "yes" if row["met"] else "NO"
+        met = {True: "yes", False: "NO", None: ""}[row["met"]]
         if row["task"] == "gflops_vs_dot":
             cells = (f"{row['jaxbp_gflops']:.1f} GF/s", f"{row['dot_gflops']:.1f} GF/s",
                      f"{100 * row['share']:.1f}%", f">={100 * row['target']:.0f}%", met,
@@ -290,7 +291,8 @@ def table_lines(rows: list) -> list[str]:
         else:
             lo, _, hi = row["paired_speedup_quartiles"]
             cells = (f"{1e3 * row['jaxbp_s']:.3f} ms", f"{1e3 * row['reference_s']:.3f} ms",
-                     f"{row['speedup']:.2f}x [{lo:.2f}-{hi:.2f}]", f">={row['target']:.1f}x",
+                     f"{row['speedup']:.2f}x [{lo:.2f}-{hi:.2f}]",
+                     "-" if row["target"] is None else f">={row['target']:.1f}x",
                      met, f"{row['compile_jaxbp_s']:.2f} / {row['compile_reference_s']:.2f}")
         lines.append((row["case"], row["dtype"], str(row["B"]), task, *cells))
         if row["task"] == "per_example_grads":
@@ -366,7 +368,7 @@ def main(*, quick: bool = False, x64: bool = False, json_out: str | None = None,
                      "clip_quantile": CLIP_QUANTILE, "targets": TARGETS},
         "rows": rows,
         "peak_rss_gb": peak_rss_gb(),
-        "all_targets_met": all(row["met"] for row in rows),
+        "all_targets_met": all(row["met"] is not False for row in rows),
     }
     print("\n".join(table_lines(rows)))
     print("speedup = t_reference / t_jaxbp, median of interleaved repeats [paired quartiles]; "
@@ -375,7 +377,7 @@ def main(*, quick: bool = False, x64: bool = False, json_out: str | None = None,
           "column bounds per-example grads' speedup; share = t_write / t_jaxbp.")
     if tiny:
         print("tiny shapes (for the tests): these timings say nothing about speed.")
-    missed = [f"{r['case']} {r['dtype']} {r['task']}" for r in rows if not r["met"]]
+    missed = [f"{r['case']} {r['dtype']} {r['task']}" for r in rows if r["met"] is False]
     print(f"peak process memory {result['peak_rss_gb']:.2f} GB; "
           + ("all targets met" if not missed else "targets missed: " + ", ".join(missed)))
     if json_out:
