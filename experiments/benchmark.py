@@ -18,9 +18,11 @@ Tasks:
   * per-example gradient norms (ghost norm) vs ``vmap(grad)`` then a norm;
   * clipped mean gradient (DP-SGD, no noise) vs ``vmap(grad)`` then clipping.
 
-The vmap-based references hold B×m×n per-example gradients (1.6 GB at B=32 for
-the large MLP in float64), so the per-example tasks of the large MLP use a
-smaller batch (``B_per_example``) than its batch gradient.
+The vmap-based references hold B×m×n per-example gradients (12.9 GB at B=512
+for the large MLP in float32), so the per-example tasks use the largest
+power-of-two batch whose per-example gradients fit in ``PER_EXAMPLE_BYTES``
+(full: 3.5 GB, B=128 in float32 and 64 in float64 for the large MLP; quick:
+0.85 GB, B=32 and 16, which keeps the process under 4 GB).
 
 Usage:
   python experiments/benchmark.py                # full, float32
@@ -48,18 +50,18 @@ import jax.numpy as jnp
 class Case(NamedTuple):
     name: str
     sizes: tuple[int, ...]
-    batch: int  # batch gradient
-    batch_per_example: int  # per-example grads, norms, clipping (B×m×n references)
+    batch: int  # batch gradient; the per-example tasks use at most this
 
 
 ACTIVATIONS = ("relu", "relu", "softmax")  # hidden relu, softmax + nll: an MNIST-style MLP
 LOSS = "nll"
-CASES = (Case("small", (784, 256, 256, 10), 128, 128),
-         Case("large", (1024, 2048, 2048, 10), 512, 32))  # f64 B·m·n: 1.6 GB
-QUICK_CASES = (Case("small", (784, 256, 256, 10), 128, 128),
-               Case("large", (1024, 2048, 2048, 10), 512, 16))  # f64 B·m·n: 0.8 GB
-TINY_CASES = (Case("small", (16, 32, 32, 4), 8, 8),  # for the tests: seconds, not speed
-              Case("large", (32, 64, 64, 4), 16, 4))
+CASES = (Case("small", (784, 256, 256, 10), 128), Case("large", (1024, 2048, 2048, 10), 512))
+TINY_CASES = (Case("small", (16, 32, 32, 4), 8),  # for the tests: seconds, not speed
+              Case("large", (32, 64, 64, 4), 16))
+# The per-example tasks use the largest power-of-two batch (≤ the case's) whose B per-example
+# gradients fit in this many bytes: the vmap references hold them all, plus about as much
+# again in temporaries (large MLP: 25 MB per example in float32, 50 MB in float64).
+PER_EXAMPLE_BYTES = {"full": 3.5e9, "quick": 0.85e9, "tiny": 1e5}
 REPEATS = {"full": 21, "quick": 7, "tiny": 3}
 MIN_SAMPLE_S = {"full": 0.05, "quick": 0.02, "tiny": 0.0}  # calls per sample reach this
 MAX_PAIR_S = {"full": 40.0, "quick": 12.0, "tiny": 1.0}  # fewer repeats for slow pairs...
@@ -209,8 +211,17 @@ def write_per_example_output(A_prevs, deltas):
 
 # ------------------------------------------------------------------ one case
 
+def per_example_batch(net, batch: int, dtype, max_bytes: float) -> int:
+    """The largest power of two B ≤ batch with B per-example gradients in max_bytes (≥ 1)."""
+    per_example = jnp.dtype(dtype).itemsize * sum((m + 1) * n for m, n in net.layer_shapes)
+    B = 1
+    while 2 * B <= batch and 2 * B * per_example <= max_bytes:
+        B *= 2
+    return B
+
+
 def run_case(case: Case, dtype, *, repeats: int, min_sample_s: float, max_s: float,
-             seed: int = 0) -> list:
+             max_bytes: float, seed: int = 0) -> list:
     import jaxbp
 
     net = jaxbp.Network(sizes=case.sizes, activations=ACTIVATIONS, loss=LOSS)
@@ -220,7 +231,7 @@ def run_case(case: Case, dtype, *, repeats: int, min_sample_s: float, max_s: flo
     X = jax.random.normal(kx, (case.batch, case.sizes[0]), dtype)
     Y = jax.nn.one_hot(jax.random.randint(ky, (case.batch,), 0, case.sizes[-1]),
                        case.sizes[-1], dtype=dtype)
-    Bp = case.batch_per_example
+    Bp = per_example_batch(net, case.batch, dtype, max_bytes)
     Xp, Yp = X[:Bp], Y[:Bp]
     norms = net.per_example_grad_norms(params, Xp, Yp)
     max_norm = jnp.quantile(norms, CLIP_QUANTILE).astype(dtype)
@@ -347,7 +358,7 @@ def main(*, quick: bool = False, x64: bool = False, json_out: str | None = None,
     if x64:
         jax.config.update("jax_enable_x64", True)
     mode = "tiny" if tiny else "quick" if quick else "full"
-    cases = {"tiny": TINY_CASES, "quick": QUICK_CASES, "full": CASES}[mode]
+    cases = TINY_CASES if tiny else CASES
     dtypes = (jnp.float32, jnp.float64) if x64 else (jnp.float32,)
     info = machine()
     print(f"jaxbp benchmark ({mode}): {info['cpu']}, {info['cores']} cores, "
@@ -357,13 +368,15 @@ def main(*, quick: bool = False, x64: bool = False, json_out: str | None = None,
         for dtype in dtypes:
             t0 = time.perf_counter()
             rows += run_case(case, dtype, repeats=REPEATS[mode], min_sample_s=MIN_SAMPLE_S[mode],
-                             max_s=MAX_PAIR_S[mode], seed=seed)
+                             max_s=MAX_PAIR_S[mode], max_bytes=PER_EXAMPLE_BYTES[mode],
+                             seed=seed)
             print(f"  {case.name} {jnp.dtype(dtype).name}: {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr, flush=True)
     result = {
         "machine": info,
         "settings": {"mode": mode, "repeats": REPEATS[mode], "min_repeats": MIN_REPEATS,
                      "max_pair_s": MAX_PAIR_S[mode], "min_sample_s": MIN_SAMPLE_S[mode],
+                     "per_example_bytes": PER_EXAMPLE_BYTES[mode],
                      "activations": list(ACTIVATIONS), "loss": LOSS, "seed": seed,
                      "clip_quantile": CLIP_QUANTILE, "targets": TARGETS},
         "rows": rows,
