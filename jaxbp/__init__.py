@@ -3,9 +3,14 @@
 from jaxbp._activations import ACTIVATIONS, Activation, get_activation
 from jaxbp._chain import Factor, chain, contract
 from jaxbp._explain import explain
+from jaxbp._finite_difference import finite_difference_grad
 from jaxbp._losses import LOSSES, Loss, get_loss
+from jaxbp._mutants import MUTANTS, Mutant
 from jaxbp._network import Dense, Network, Trace
+from jaxbp._report import Report, Row
 from jaxbp._train import batch_mesh, make_step, replicate, shard_batch
+from jaxbp._verify import BackpropError, verify
+from jaxbp._vjp import check_vjp, custom_vjp
 from jaxbp import datasets
 
 __version__ = "0.1.0"
@@ -13,20 +18,29 @@ __version__ = "0.1.0"
 __all__ = [
     "ACTIVATIONS",
     "Activation",
+    "BackpropError",
     "Dense",
     "Factor",
     "LOSSES",
     "Loss",
+    "MUTANTS",
+    "Mutant",
     "Network",
+    "Report",
+    "Row",
     "Trace",
     "batch_mesh",
     "chain",
+    "check_vjp",
     "contract",
+    "custom_vjp",
     "datasets",
     "explain",
+    "finite_difference_grad",
     "get_activation",
     "get_loss",
     "make_step",
     "replicate",
     "shard_batch",
+    "verify",
 ]

@@ -51,3 +51,37 @@ def tree_relative_error(got, want) -> float:
     """The largest ``relative_error`` over matching leaves of two pytrees."""
     errs = jax.tree.map(relative_error, got, want)
     return max(jax.tree.leaves(errs), default=0.0)
+
+
+# ------------------------------------------------------------ verifier budget
+# jaxbp.verify and jaxbp.check_vjp do not use RTOL as is: they measure the
+# round-off of a correct computation (jaxbp's own backprop, or jax.vjp) run in
+# your dtype on the same inputs, against the float64 reference, and allow
+#
+#     budget = max(ROUNDOFF_SAFETY × that observed error,
+#                  ROUNDOFF_FLOOR[dtype] × (L + 1) × scale)
+#
+# per leaf (scale = the leaf's largest reference entry). The floor covers a
+# correct backprop whose summation order differs from ours (float32:
+# 2e-6 ≈ 16 eps per layer, so 1.2e-5 at L = 5, 25× below a 3e-4 bug);
+# float64 keeps the floor far below the 1e-6 that must fail.
+ROUNDOFF_SAFETY = 10.0
+ROUNDOFF_FLOOR = {
+    jnp.dtype(jnp.float64): 1e-11,
+    jnp.dtype(jnp.float32): 2e-6,
+    jnp.dtype(jnp.bfloat16): 1.6e-2,
+    jnp.dtype(jnp.float16): 2e-3,
+}
+
+
+def roundoff_budget(observed_abs: float, scale: float, dtype, depth: int) -> float:
+    """The absolute error allowed on one leaf: see ROUNDOFF_SAFETY above.
+
+    Args:
+      observed_abs: max |correct computation in ``dtype`` − float64 reference|.
+      scale: max |float64 reference| of the leaf.
+      dtype: the dtype the gradients were computed in.
+      depth: the number of layers L (1 for a single function).
+    """
+    floor = ROUNDOFF_FLOOR[jnp.dtype(dtype)] * (depth + 1) * scale
+    return float(max(ROUNDOFF_SAFETY * observed_abs, floor))

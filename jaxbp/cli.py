@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxbp import _demo, _explain
+from jaxbp import _demo, _explain, _selftest, _verify_cli
 
-_SUBCOMMANDS = (_demo, _explain,)
+_SUBCOMMANDS = (_demo, _explain, _verify_cli, _selftest)
 
 
 def build_parser() -> argparse.ArgumentParser:

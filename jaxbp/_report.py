@@ -1,0 +1,198 @@
+"""The verifier's report: one row per gradient leaf, a verdict, and the reason.
+
+``jaxbp.verify`` and ``jaxbp.check_vjp`` both return a ``Report``. A row
+compares one leaf (W^ℓ or W0^ℓ of a layer, or one primal's cotangent) with the
+reference over every example:
+
+    max_abs_error = max_{b, entry} |yours − reference|
+    max_rel_error = max_abs_error / max_{b, entry} |reference|
+
+and the leaf passes when ``max_abs_error <= budget_abs``; ``budget`` is the
+same budget relative to the leaf's scale. NaN or inf in your values always fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Optional
+
+SUSPECTS = ("loss", "activation", "link", "weight", "bias", "batch", "nonfinite", "backward")
+
+_EXPLAIN = {
+    "loss": "∂L/∂z^{l} is wrong at the top layer: check the loss factor ∂L/∂a^L times the last "
+            "activation's factor f^L'(z^L) (fused with nll or binary_nll: ∂L/∂z^L = a^L − y).",
+    "activation": "∂L/∂z^{l} is wrong while ∂L/∂z^{l1} is right, and the error is a factor that "
+                  "depends on z^{l}: check the activation factor f^{l}'(z^{l}) of layer {l} ({act}).",
+    "link": "∂L/∂z^{l} is wrong while ∂L/∂z^{l1} is right, and the wrong values are a linear map of "
+            "∂L/∂z^{l1}: check the link ∂L/∂a^{l} = W^{l1} ∂L/∂z^{l1} (transposed? another "
+            "layer's W? scaled?).",
+    "weight": "your bias gradient ∂L/∂z^{l} is right but ∂L/∂W^{l} is wrong: check the weight "
+              "factor in ∂L/∂W^{l} = a^{lm1} (∂L/∂z^{l})ᵀ.",
+    "bias": "∂L/∂W^{l} is right but the bias gradient is wrong: ∂L/∂W0^{l} must be ∂L/∂z^{l}.",
+    "batch": "every example's gradient is right but the batch reduction is wrong from layer {l} "
+             "down: the batch gradient is the mean (1/B) Σ_b of the per-example gradients.",
+    "nonfinite": "NaN or inf in your gradient of layer {l}.",
+    "backward": "the cotangent of primal {primal} is wrong.",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One compared leaf.
+
+    Attributes:
+      layer: the layer ℓ (from 1 at the input), or None for ``check_vjp`` rows.
+      parameter: "W" or "W0" (or "primals[i]..." for ``check_vjp``).
+      shape: the leaf's shape for one example.
+      max_abs_error: max |yours − reference| over examples and entries.
+      max_rel_error: max_abs_error / max |reference| (inf where the reference is all 0).
+      budget: the allowed relative error (budget_abs / scale).
+      budget_abs: the allowed absolute error.
+      scale: max |reference| over examples and entries.
+      worst_example: index of the example (or cotangent trial) with the largest error.
+      worst_entry: index of that entry within the leaf.
+      ok: whether the leaf is within budget and finite.
+      nonfinite: whether your leaf holds NaN or inf (worst_* then point at the first one).
+    """
+
+    layer: Optional[int]
+    parameter: str
+    shape: tuple
+    max_abs_error: float
+    max_rel_error: float
+    budget: float
+    budget_abs: float
+    scale: float
+    worst_example: Optional[int]
+    worst_entry: tuple
+    ok: bool
+    nonfinite: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Report:
+    """What ``verify`` (or ``check_vjp``) found.
+
+    Attributes:
+      ok: True when every leaf is finite and within its budget.
+      first_bad_layer: the first layer in backprop order (L down to 1) whose
+        gradients are wrong; None when ok (and for ``check_vjp``).
+      suspect: None when ok, else one of "loss", "activation", "link", "weight",
+        "bias", "batch", "nonfinite" (``check_vjp``: "backward" or "nonfinite").
+      rows: one ``Row`` per leaf, in backprop order.
+      ambiguous: True when the evidence fits more than one suspect, or none
+        well; ``candidates`` then lists them, most likely first.
+      candidates: the suspects consistent with the evidence.
+      notes: why the suspect was chosen, what could not be decided, budgets.
+      mode: "per-example", "batch" (the batch mean), or "vjp".
+      dtype: your gradients' dtype (budgets are set for it).
+      batch_size: B (for ``check_vjp``, the number of random cotangents).
+      network: a description of the network or function checked.
+      activations: the network's activation names (for the explanation).
+      primal: for ``check_vjp``, the index of the first wrong primal.
+      evidence: the numbers behind the suspect (e.g. each test's misfit).
+      finite_difference: with ``verify(..., finite_differences=True)``, the
+        relative errors of jax.grad and of yours against central differences.
+    """
+
+    ok: bool
+    first_bad_layer: Optional[int]
+    suspect: Optional[str]
+    rows: tuple
+    ambiguous: bool = False
+    candidates: tuple = ()
+    notes: tuple = ()
+    mode: str = "per-example"
+    dtype: str = ""
+    batch_size: int = 0
+    network: str = ""
+    activations: tuple = ()
+    primal: Optional[int] = None
+    evidence: Any = None
+    finite_difference: Any = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    @property
+    def bad_rows(self) -> tuple:
+        """The rows that failed."""
+        return tuple(r for r in self.rows if not r.ok)
+
+    def explanation(self, activations: tuple = ()) -> str:
+        """One sentence on what the suspect means at ``first_bad_layer``."""
+        if self.suspect is None:
+            return "all gradients agree with the reference within budget."
+        l = self.first_bad_layer
+        act = activations[l - 1] if l and len(activations) >= l else "?"
+        return _EXPLAIN[self.suspect].format(
+            l=l, l1=(l or 0) + 1, lm1=(l or 1) - 1, act=act, primal=self.primal)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (inf and NaN become the strings "inf", "nan")."""
+        d = dataclasses.asdict(self)
+        d["explanation"] = self.explanation(self.activations)
+        return _jsonable(d)
+
+    def to_json(self, **kwargs) -> str:
+        """``json.dumps(self.to_dict())``; keyword arguments go to ``json.dumps``."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def __str__(self) -> str:
+        lines = []
+        what = "jaxbp.check_vjp" if self.mode == "vjp" else "jaxbp.verify"
+        if self.ok:
+            lines.append(f"{what}: OK — every gradient agrees with the reference within budget")
+        else:
+            where = (f"primal {self.primal}" if self.mode == "vjp"
+                     else f"layer {self.first_bad_layer}")
+            amb = (f" (ambiguous: {' or '.join(self.candidates)})" if self.ambiguous else "")
+            lines.append(f"{what}: WRONG — {where}, suspect: {self.suspect}{amb}")
+            lines.append("  " + self.explanation(self.activations))
+        lines.append(f"  {self.network}  dtype={self.dtype}  "
+                     f"{'trials' if self.mode == 'vjp' else 'B'}={self.batch_size}  mode={self.mode}")
+        head = (f"{'layer':>5} {'param':<12} {'max abs err':>11} {'max rel err':>11} "
+                f"{'budget':>9} {'worst ex':>8}  {'worst entry':<12} status")
+        lines.append(head)
+        for r in self.rows:
+            layer = "-" if r.layer is None else str(r.layer)
+            ex = "-" if r.worst_example is None else str(r.worst_example)
+            status = "NONFINITE" if r.nonfinite else ("ok" if r.ok else "WRONG")
+            lines.append(f"{layer:>5} {r.parameter:<12} {_fmt(r.max_abs_error):>11} "
+                         f"{_fmt(r.max_rel_error):>11} {_fmt(r.budget):>9} {ex:>8}  "
+                         f"{str(tuple(r.worst_entry)):<12} {status}")
+        if self.finite_difference:
+            fd = self.finite_difference
+            lines.append(f"  finite differences: jax.grad vs FD {_fmt(fd['jax_grad_vs_fd'])}, "
+                         f"yours vs FD {_fmt(fd['yours_vs_fd'])} (relative, batch mean)")
+        for note in self.notes:
+            lines.append(f"  note: {note}")
+        return "\n".join(lines)
+
+
+def _fmt(x: float) -> str:
+    if x is None:
+        return "-"
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.2e}"
+
+
+def _jsonable(x):
+    if isinstance(x, float):
+        if math.isnan(x):
+            return "nan"
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return x
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if hasattr(x, "item") and callable(x.item):  # numpy scalars
+        return _jsonable(x.item())
+    return x

@@ -1,0 +1,257 @@
+"""``jaxbp selftest``: does the verifier catch real bugs, and only real bugs?
+
+Over random correct configurations (depths 1–5, widths, activations, losses,
+float32 and float64, random weights, biases, inputs and targets) it runs
+
+* three correct backprops written differently from jaxbp's own (the notes'
+  chain, jax.grad in your dtype, a batched mean): any failure is a false alarm;
+* every per-example mutant of ``jaxbp._mutants.MUTANTS`` that applies to the
+  network, at one random layer where it applies, two of the batch mutants
+  (drawn at random; each calls the function once per example, the slow part),
+  and the 3e-4 precision probe;
+
+and counts mutants caught, first bad layer right, and suspect right. A mutant
+whose gradient differs from the truth by less than EFFECT_MIN (relative) on
+the drawn inputs is "ineffective" there (e.g. a relu bug when no z < 0) and is
+counted apart; the probe's 3e-4 is above EFFECT_MIN.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+EFFECT_MIN = 1e-4
+BATCH_MUTANTS_PER_CONFIG = 2
+WIDTHS = (1, 2, 3, 4, 6)  # few distinct shapes keep JAX's per-shape compilation cheap
+BATCH = 32
+LAST_ACTIVATIONS = {
+    "squared": ("identity", "relu", "leaky_relu", "sigmoid", "tanh", "softplus", "gelu",
+                "softmax"),
+    "hinge": ("identity", "tanh"),
+    "binary_nll": ("sigmoid",),
+    "nll": ("softmax",),
+}
+
+
+def random_network(rng: np.random.Generator):
+    """A random valid Network: depth 1–5; half of them with equal widths."""
+    import jaxbp
+
+    depth = int(rng.integers(1, 6))
+    loss = str(rng.choice(tuple(LAST_ACTIVATIONS)))
+    hidden = [str(rng.choice(tuple(jaxbp.ACTIVATIONS))) for _ in range(depth - 1)]
+    last = str(rng.choice(LAST_ACTIVATIONS[loss]))
+    if rng.random() < 0.5:  # equal widths: the link and weight mix-ups need square W
+        sizes = [int(rng.choice(WIDTHS[1:]))] * (depth + 1)
+    else:
+        sizes = [int(rng.choice(WIDTHS)) for _ in range(depth + 1)]
+    if loss == "hinge":
+        sizes[-1] = 1
+    if loss == "nll":
+        sizes[-1] = max(sizes[-1], 2)
+    return jaxbp.Network(sizes=tuple(sizes), activations=(*hidden, last), loss=loss)
+
+
+def random_problem(net, seed: int, batch: int, dtype):
+    """Params with nonzero biases, inputs N(0, 1) and valid targets."""
+    import jaxbp
+    from jaxbp._demo import _random_targets
+
+    kp, kb, kx, ky = jax.random.split(jax.random.key(seed), 4)
+    params = net.init(kp, dtype=dtype)
+    params = tuple(jaxbp.Dense(p.W, 0.3 * jax.random.normal(k, p.W0.shape, dtype))
+                   for p, k in zip(params, jax.random.split(kb, net.num_layers)))
+    X = jax.random.normal(kx, (batch, net.sizes[0]), dtype)
+    return params, X, _random_targets(net, ky, batch, dtype)
+
+
+def _stats():
+    return collections.Counter()
+
+
+def selftest(configs: int = 500, *, seed: int = 0, batch: int = BATCH, progress=None) -> dict:
+    """Runs the correct backprops and the mutant catalog over random configurations.
+
+    Args:
+      configs: how many random (network, dtype, data) configurations.
+      seed: the seed of the whole run.
+      batch: B, examples per configuration.
+      progress: optional callable(i, configs) after each configuration.
+
+    Returns:
+      A JSON-ready dict: ``mutants`` (name -> counts), ``correct`` (name ->
+      runs, false alarms), ``false_alarm_examples``, ``misses`` (examples of
+      wrong verdicts), ``ambiguous`` (mutant -> the reasons given),
+      ``seconds`` and ``passed`` (every effective mutant caught, its layer
+      right, no false alarms).
+    """
+    from jaxbp._mutants import CORRECT, MUTANTS, PROBES
+    from jaxbp._verify import check_against, reference
+
+    rng = np.random.default_rng(seed)
+    mutant_stats = collections.defaultdict(_stats)
+    correct_stats = collections.defaultdict(_stats)
+    false_alarms, misses = [], []
+    ambiguous = collections.defaultdict(collections.Counter)
+    start = time.perf_counter()
+    with jax.enable_x64(True):
+        for i in range(configs):
+            net = random_network(rng)
+            dtype = jnp.float32 if i % 2 == 0 else jnp.float64
+            params, X, Y = random_problem(net, int(rng.integers(2**31)), batch, dtype)
+            where = f"{net!r} dtype={jnp.dtype(dtype).name} config={i}"
+            ref = reference(net, params, X, Y)
+            for name, batched, make in CORRECT:
+                report = check_against(ref, make(net), batched=batched)
+                correct_stats[name]["runs"] += 1
+                if not report.ok:
+                    correct_stats[name]["false_alarms"] += 1
+                    false_alarms.append(f"{name} on {where}: layer {report.first_bad_layer} "
+                                        f"{report.suspect}; {_worst(report)}")
+            batch_bugs = [m for m in MUTANTS if m.batched]
+            chosen = set(rng.choice(len(batch_bugs), BATCH_MUTANTS_PER_CONFIG, replace=False))
+            for mutant in MUTANTS + PROBES:
+                if mutant.batched and batch_bugs.index(mutant) not in chosen:
+                    continue  # the batch stage is the slow one: a few per configuration
+                layers = mutant.layers(net)
+                if not layers:
+                    continue
+                l = int(rng.choice(layers))
+                report = check_against(ref, mutant.build(net, l), batched=mutant.batched,
+                                       vectorized=not mutant.batched)
+                _score(mutant, net, l, report, mutant_stats[mutant.name], misses, ambiguous,
+                       where)
+            if progress is not None:
+                progress(i + 1, configs)
+    seconds = time.perf_counter() - start
+    totals = sum((mutant_stats[m.name] for m in MUTANTS), collections.Counter())
+    passed = (not false_alarms and totals["caught_effective"] == totals["effective"]
+              and totals["layer_right"] == totals["effective"])
+    return {
+        "configs": configs, "batch": batch, "seed": seed, "seconds": round(seconds, 1),
+        "mutants": {m.name: dict(mutant_stats[m.name], factor=m.factor,
+                                 description=m.description) for m in MUTANTS + PROBES},
+        "totals": dict(totals),
+        "correct": {k: dict(v) for k, v in correct_stats.items()},
+        "false_alarm_examples": false_alarms[:20],
+        "misses": misses[:30],
+        "ambiguous": {k: dict(v.most_common(5)) for k, v in ambiguous.items()},
+        "passed": bool(passed),
+    }
+
+
+def _worst(report) -> str:
+    r = max(report.rows, key=lambda r: r.max_rel_error / max(r.budget, 1e-300))
+    return (f"layer {r.layer} {r.parameter} rel err {r.max_rel_error:.2e} > budget "
+            f"{r.budget:.2e}")
+
+
+def _score(mutant, net, l, report, stats, misses, ambiguous, where):
+    want_layer, want_suspect = mutant.expect(net, l)
+    effect = max(r.max_rel_error for r in report.rows)
+    stats["applied"] += 1
+    if effect <= EFFECT_MIN:
+        stats["ineffective"] += 1
+        stats["caught_ineffective"] += int(not report.ok)
+        return
+    stats["effective"] += 1
+    if report.ok:
+        misses.append(f"{mutant.name} at layer {l} NOT CAUGHT on {where}")
+        return
+    stats["caught_effective"] += 1
+    layer_right = report.first_bad_layer == want_layer
+    stats["layer_right"] += int(layer_right)
+    if report.suspect == want_suspect and not report.ambiguous:
+        stats["suspect_right"] += 1
+    elif report.ambiguous and want_suspect in report.candidates:
+        stats["ambiguous_listed"] += 1
+        ambiguous[mutant.name][_reason(report)] += 1
+    else:
+        stats["suspect_wrong"] += 1
+    if not layer_right or want_suspect not in report.candidates:
+        misses.append(f"{mutant.name} at layer {l}: got layer {report.first_bad_layer} "
+                      f"{report.suspect} {report.candidates} (want {want_layer} "
+                      f"{want_suspect}) on {where}; evidence {report.evidence}")
+
+
+def _reason(report) -> str:
+    for note in report.notes:
+        if note.startswith(("both", "neither", "the link test", "the activation test", "your ∂L")):
+            return note.split(":")[0].split("(")[0].strip()
+    return "ambiguous"
+
+
+def format_summary(result: dict) -> str:
+    """The self-test result as a table a person can read at a glance."""
+    lines = [f"jaxbp selftest: {result['configs']} random configurations, B={result['batch']}, "
+             f"seed={result['seed']}, {result['seconds']} s"]
+    head = (f"{'mutant':<34} {'factor':<10} {'applied':>7} {'effective':>9} {'caught':>6} "
+            f"{'layer ok':>8} {'suspect ok':>10} {'ambiguous':>9} {'wrong':>5}")
+    lines.append(head)
+    for name, s in result["mutants"].items():
+        lines.append(f"{name:<34} {s['factor']:<10} {s.get('applied', 0):>7} "
+                     f"{s.get('effective', 0):>9} {s.get('caught_effective', 0):>6} "
+                     f"{s.get('layer_right', 0):>8} {s.get('suspect_right', 0):>10} "
+                     f"{s.get('ambiguous_listed', 0):>9} {s.get('suspect_wrong', 0):>5}")
+    t = result["totals"]
+    lines.append(f"{'TOTAL (catalog, probe excluded)':<34} {'':<10} {t.get('applied', 0):>7} "
+                 f"{t.get('effective', 0):>9} {t.get('caught_effective', 0):>6} "
+                 f"{t.get('layer_right', 0):>8} {t.get('suspect_right', 0):>10} "
+                 f"{t.get('ambiguous_listed', 0):>9} {t.get('suspect_wrong', 0):>5}")
+    for name, s in result["correct"].items():
+        lines.append(f"correct backprop {name!r}: {s.get('runs', 0)} runs, "
+                     f"{s.get('false_alarms', 0)} false alarms")
+    if result["ambiguous"]:
+        lines.append("ambiguous verdicts (expected suspect listed among the candidates):")
+        for name, reasons in result["ambiguous"].items():
+            for reason, count in reasons.items():
+                lines.append(f"  {name}: {count}× {reason}")
+    for line in result["false_alarm_examples"] + result["misses"]:
+        lines.append(f"  ! {line}")
+    lines.append("PASSED: every effective mutant caught at the right layer, no false alarms"
+                 if result["passed"] else "FAILED")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------- CLI
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "selftest", help="run the verifier on a catalog of classic backprop bugs",
+        description="Applies every mutant of the bug catalog (and three correct backprops) to "
+                    "random configurations and reports mutants caught, layers and suspects "
+                    "right, and false alarms. Exit 0 when every effective mutant is caught at "
+                    "the right layer with no false alarm.")
+    p.add_argument("--configs", type=int, default=500, help="random configurations (default 500)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=BATCH, help="examples per configuration")
+    p.add_argument("--json", metavar="PATH", help="also write the result as JSON to PATH")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.configs < 1:
+        raise ValueError(f"--configs: expected a positive number, got {args.configs}")
+    if args.batch < 2:
+        raise ValueError(f"--batch: expected at least 2 examples, got {args.batch}")
+
+    def progress(i, n):
+        if not args.quiet and (i % 10 == 0 or i == n):
+            print(f"\r  {i}/{n} configurations", end="", flush=True)
+
+    result = selftest(args.configs, seed=args.seed, batch=args.batch, progress=progress)
+    if not args.quiet:
+        print()
+    print(format_summary(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0 if result["passed"] else 1

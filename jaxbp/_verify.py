@@ -1,0 +1,459 @@
+"""``jaxbp.verify``: check anyone's hand-written backprop against jax.grad, and
+say which layer and which factor of the chain rule is wrong.
+
+The reference is ``jax.grad(net.loss)`` per example, in float64 whatever your
+dtype (64-bit mode is switched on only inside the check). Your backprop is
+called per example under ``jax.vmap`` (one example at a time if it cannot be
+vmapped), and every leaf is compared over the whole batch (see ``Report``).
+
+Budget: float64 gradients may differ by ~1e-10 relative (so 1e-6 fails); for
+float32 jaxbp measures the round-off of its own correct backprop run in your
+dtype on the same inputs and allows ``max(10 × that, 2e-6 × (L + 1))`` of each
+leaf's scale (``jaxbp._tolerances.roundoff_budget``): a 3e-4 relative error in
+one layer fails, correct float32 code passes. ``rtol``/``atol`` replace it
+(allowed = atol + rtol × scale).
+
+Localization follows the notes. The bias gradient of layer ℓ is ∂L/∂z^ℓ, so
+walking from L down to 1 the first layer with a wrong leaf is where the error
+entered:
+
+* only ∂L/∂W^ℓ wrong: "weight" (the a^{ℓ−1} factor); only ∂L/∂W0^ℓ: "bias";
+* both, at ℓ = L: "loss" (∂L/∂a^L and f^L', or the fused a^L − y);
+* both, at ℓ < L (so ∂L/∂z^ℓ is wrong and ∂L/∂z^{ℓ+1} right): "activation" or
+  "link", decided by the batch-wide fits in ``jaxbp._localize``;
+* with ``batched=True``, your function is also called on batches of one: if
+  those are all right the reduction over the batch is wrong: "batch";
+* NaN or inf anywhere in your gradients: "nonfinite".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbp import _localize
+from jaxbp._network import Network, _per_example_grads
+from jaxbp._report import Report, Row
+from jaxbp._tolerances import ROUNDOFF_FLOOR, ROUNDOFF_SAFETY, RTOL, roundoff_budget
+
+
+class BackpropError(ValueError):
+    """The backprop under test raised, or returned something not shaped like params."""
+
+
+class _Reference(NamedTuple):
+    """The float64 truth and the round-off baseline for one (net, params, X, Y)."""
+
+    net: Network
+    params: tuple  # as given, validated
+    X: jax.Array
+    Y: jax.Array
+    dtype: np.dtype
+    params64: tuple  # ((W, W0), ...) numpy float64
+    z: tuple  # z^1..z^L, (B, n^ℓ) numpy float64
+    a: tuple  # a^0..a^L
+    grads: tuple  # ((W (B, m, n), W0 (B, n)), ...) per example, numpy float64
+    roundoff: tuple  # ((|err W|, |err W0|), ...) of jaxbp's backprop in dtype, per example
+    mean_roundoff: tuple  # the same for the batch mean
+
+
+def verify(net: Network, params, X, Y, *, backprop: Optional[Callable] = None,
+           batched: bool = False, rtol: Optional[float] = None, atol: Optional[float] = None,
+           finite_differences: bool = False) -> Report:
+    """Checks a hand-written backprop against float64 ``jax.grad`` and localizes errors.
+
+    Args:
+      net: the ``Network`` whose loss defines the gradient.
+      params: tuple of ``Dense`` (float32 or float64; budgets follow this dtype).
+      X: inputs, shape (B, m^1).
+      Y: targets, shape (B, n^L).
+      backprop: your ``fn(params, x, y)`` for one example returning a tuple of
+        ``Dense`` shaped like params (as ``net.backprop``); with ``batched=True``
+        ``fn(params, X, Y)`` returning the batch-mean gradient. None checks
+        jaxbp's own backprop.
+      batched: whether ``backprop`` takes a batch and returns the mean.
+      rtol: allowed error relative to each leaf's largest reference entry.
+      atol: allowed absolute error. Either one replaces the round-off budget.
+      finite_differences: also compare with central differences in float64
+        (``Report.finite_difference``): a third opinion at kinks.
+
+    Returns:
+      A ``Report``: ``ok``, ``first_bad_layer``, ``suspect``, a row per leaf.
+
+    Raises:
+      BackpropError (a ValueError): your backprop raised or returned the wrong
+        structure or shapes; the message names the layer and what was expected.
+
+    Example:
+      >>> import jax, jaxbp
+      >>> net = jaxbp.Network(sizes=(3, 4, 2), activations=("tanh", "softmax"), loss="nll")
+      >>> params = net.init(jax.random.key(0))
+      >>> X = jax.random.normal(jax.random.key(1), (16, 3))
+      >>> Y = jax.nn.one_hot(jax.numpy.arange(16) % 2, 2)
+      >>> jaxbp.verify(net, params, X, Y).ok
+      True
+    """
+    if not isinstance(net, Network):
+        raise TypeError(f"net: expected a jaxbp.Network, got {type(net).__name__}")
+    if backprop is not None and not callable(backprop):
+        raise TypeError(f"backprop: expected a function (params, x, y) -> grads or None, "
+                        f"got {type(backprop).__name__}")
+    rtol, atol = _check_tolerance("rtol", rtol), _check_tolerance("atol", atol)
+    params, X, Y = net._example(params, X, Y, batched=True)
+    ref = reference(net, params, X, Y)
+    if backprop is None:
+        backprop = net.grad if batched else net.backprop
+    report = check_against(ref, backprop, batched=bool(batched), rtol=rtol, atol=atol)
+    if finite_differences:
+        report = _with_finite_differences(report, ref, backprop, batched)
+    return report
+
+
+def _check_tolerance(name, value):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise TypeError(f"{name}: expected a number >= 0 or None, got {type(value).__name__}")
+    if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
+    return float(value)
+
+
+# ----------------------------------------------------------------- reference
+
+def _to64(tree):
+    return jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), tree)
+
+
+def _np(tree):
+    return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
+
+
+def reference(net: Network, params, X, Y) -> _Reference:
+    """The float64 jax.grad truth and the round-off baseline (validated inputs)."""
+    dtype = np.dtype(params[0].W.dtype)
+    with jax.enable_x64(True):
+        p64, X64, Y64 = _to64(tuple(params)), _to64(X), _to64(Y)
+        truth = jax.vmap(jax.grad(net.loss), in_axes=(None, 0, 0))(p64, X64, Y64)
+        trace = net.forward_trace(p64, X64)
+        grads = tuple((np.asarray(g.W), np.asarray(g.W0)) for g in truth)
+        z, a = _np(trace.z), _np(trace.a)
+        params64 = tuple((np.asarray(p.W), np.asarray(p.W0)) for p in p64)
+    for l, (gW, gW0) in enumerate(grads, start=1):
+        if not (np.all(np.isfinite(gW)) and np.all(np.isfinite(gW0))):
+            raise ValueError(
+                f"the float64 reference gradient (jax.grad of net.loss) of layer {l} has NaN or "
+                "inf on these inputs; nothing can be verified against it (check the scale of "
+                "params and X)")
+    # jaxbp's own per-example backprop, un-jitted (one compile per network would cost
+    # more than it saves), in your dtype: the round-off of a correct computation.
+    lib = _per_example_grads.__wrapped__(net, tuple(params), X, Y)
+    roundoff, mean_roundoff = [], []
+    for g, (tW, tW0) in zip(lib, grads):
+        pairs = ((np.asarray(g.W, np.float64), tW), (np.asarray(g.W0, np.float64), tW0))
+        roundoff.append(tuple(_max_abs(u - t) for u, t in pairs))
+        means = (jnp.mean(g.W, axis=0), jnp.mean(g.W0, axis=0))
+        mean_roundoff.append(tuple(_max_abs(np.asarray(m, np.float64) - t.mean(axis=0))
+                                   for m, (_, t) in zip(means, pairs)))
+    return _Reference(net, tuple(params), X, Y, dtype, params64, z, a, grads,
+                      tuple(roundoff), tuple(mean_roundoff))
+
+
+def _max_abs(x) -> float:
+    x = np.abs(x)
+    return float(np.max(x)) if x.size else 0.0
+
+
+# ------------------------------------------------------- calling the user's fn
+
+def _as_layers(out, net: Network, lead: tuple, what: str):
+    """Your output as [(W, W0)] numpy float64 arrays; BackpropError if misshapen."""
+    L = net.num_layers
+    if not isinstance(out, (tuple, list)):
+        raise BackpropError(f"{what} returned {type(out).__name__}; expected a tuple of {L} "
+                            f"Dense(W, W0), one per layer, shaped like params")
+    if len(out) != L:
+        raise BackpropError(f"{what} returned {len(out)} layers; expected {L} "
+                            f"(one Dense(W, W0) per layer, like params)")
+    layers, dtypes = [], set()
+    for l, (item, (m, n)) in enumerate(zip(out, net.layer_shapes), start=1):
+        if hasattr(item, "W") and hasattr(item, "W0"):
+            pair = (item.W, item.W0)
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
+            pair = tuple(item)
+        else:
+            raise BackpropError(f"{what} returned {type(item).__name__} for layer {l}; "
+                                f"expected Dense(W, W0)")
+        arrays = []
+        for name, arr, want in (("W", pair[0], (m, n)), ("W0", pair[1], (n,))):
+            try:
+                arr = np.asarray(arr)
+            except Exception as e:  # e.g. a tracer leaked out, or None
+                raise BackpropError(f"{what}: layer {l} {name} is not an array "
+                                    f"({type(arr).__name__})") from e
+            if not (np.issubdtype(arr.dtype, np.floating) or arr.dtype == jnp.bfloat16):
+                raise BackpropError(f"{what}: layer {l} {name} has dtype {arr.dtype}; "
+                                    f"expected a float dtype like params")
+            got = arr.shape[len(lead):] if arr.shape[:len(lead)] == lead else arr.shape
+            if arr.shape != lead + want:
+                hint = " (it looks transposed)" if got == want[::-1] and len(want) == 2 else ""
+                if name == "W0" and len(got) != 1:
+                    hint = " (a bias gradient of the wrong rank)"
+                raise BackpropError(
+                    f"{what}: layer {l} {name} has shape {got}; expected {want} like "
+                    f"params[{l - 1}].{name} (W is (inputs, outputs) = (m^{l}, n^{l})){hint}")
+            dtypes.add(str(arr.dtype))
+            arrays.append(arr.astype(np.float64))
+        layers.append(tuple(arrays))
+    return tuple(layers), dtypes
+
+
+def _call(fn, params, X, Y, net, what: str, *, per_example: bool, vectorized: bool = False):
+    """Your per-example grads (B, ...) via vmap, or one example at a time.
+
+    ``vectorized``: fn already maps a batch to per-example rows (no vmap needed).
+    """
+    notes = []
+    B = X.shape[0]
+    try:
+        if vectorized:
+            out = fn(params, X, Y)
+        elif per_example:
+            out = jax.vmap(fn, in_axes=(None, 0, 0))(params, X, Y)
+        else:  # your batched function on batches of one
+            out = jax.vmap(lambda x, y: fn(params, x[None], y[None]))(X, Y)
+    except Exception as e:  # not vmappable: fall back to a loop, which names the example
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        notes.append(f"{what} does not run under jax.vmap ({type(e).__name__}: {first}); "
+                     f"it was called one example at a time")
+    else:
+        layers, dtypes = _as_layers(out, net, (B,), what)
+        return layers, dtypes, notes
+    outs, dtypes = [], set()
+    for b in range(B):
+        x, y = (X[b], Y[b]) if per_example else (X[b:b + 1], Y[b:b + 1])
+        try:
+            out = fn(params, x, y)
+        except Exception as e:
+            raise BackpropError(
+                f"{what} raised {type(e).__name__} on example {b} (called as "
+                f"{what}(params, x, y) with x of shape {tuple(x.shape)}, y of shape "
+                f"{tuple(y.shape)}): {e}") from e
+        layers, dt = _as_layers(out, net, (), what)
+        outs.append(layers)
+        dtypes |= dt
+    stacked = tuple(tuple(np.stack([o[l][k] for o in outs]) for k in range(2))
+                    for l in range(net.num_layers))
+    return stacked, dtypes, notes
+
+
+def _call_batch(fn, params, X, Y, net, what):
+    try:
+        out = fn(params, X, Y)
+    except Exception as e:
+        raise BackpropError(f"{what} raised {type(e).__name__} (called as {what}(params, X, Y) "
+                            f"with X of shape {tuple(X.shape)}, Y of shape {tuple(Y.shape)}): "
+                            f"{e}") from e
+    return _as_layers(out, net, (), what)
+
+
+# ------------------------------------------------------------ the comparison
+
+def _budget(observed, scale, ref, rtol, atol):
+    if rtol is None and atol is None:
+        return roundoff_budget(observed, scale, ref.dtype, ref.net.num_layers)
+    return (atol or 0.0) + (rtol or 0.0) * scale
+
+
+def _row(layer, name, got, want, budget_abs, *, per_example: bool) -> Row:
+    diff = np.abs(got - want)
+    scale = _max_abs(want)
+    bad = ~np.isfinite(got)
+    if np.any(bad):
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        err = rel = math.inf
+    else:
+        idx = tuple(int(i) for i in np.unravel_index(np.argmax(diff), diff.shape))
+        err = float(diff[idx])
+        rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
+    example, entry = (idx[0], idx[1:]) if per_example else (None, idx)
+    budget = budget_abs / scale if scale > 0 else (math.inf if budget_abs > 0 else 0.0)
+    return Row(layer, name, tuple(want.shape[1:] if per_example else want.shape), err, rel,
+               budget, budget_abs, scale, example, entry, bool(err <= budget_abs),
+               bool(np.any(bad)))
+
+
+def _rows(ref, user, truth, roundoff, rtol, atol, *, per_example):
+    rows = []
+    for l in range(ref.net.num_layers, 0, -1):
+        for k, name in enumerate(("W", "W0")):
+            want = truth[l - 1][k]
+            budget = _budget(roundoff[l - 1][k], _max_abs(want), ref, rtol, atol)
+            rows.append(_row(l, name, user[l - 1][k], want, budget, per_example=per_example))
+    return tuple(rows)
+
+
+def _budget_note(ref, rows, rtol, atol) -> str:
+    if rtol is not None or atol is not None:
+        return f"budget: atol={atol or 0:g} + rtol={rtol or 0:g} × each leaf's scale (explicit)"
+    L, dtype = ref.net.num_layers, ref.dtype
+    floor = ROUNDOFF_FLOOR[jnp.dtype(dtype)] * (L + 1)
+    worst = max((r.budget for r in rows if math.isfinite(r.budget)), default=0.0)
+    note = (f"budget: max({ROUNDOFF_SAFETY:g} × the round-off of jaxbp's own backprop in "
+            f"{dtype.name} on these inputs, {floor:.1e} of each leaf's scale); largest "
+            f"{worst:.1e}")
+    if worst > RTOL[jnp.dtype(dtype)]:
+        note += (f" — above the usual {RTOL[jnp.dtype(dtype)]:g}: round-off is unusually large "
+                 "here, so smaller errors cannot be told from it")
+    return note
+
+
+def check_against(ref: _Reference, fn: Callable, *, batched: bool = False, rtol=None,
+                  atol=None, what: str = "backprop", vectorized: bool = False) -> Report:
+    """``verify`` against a precomputed reference (the self-test reuses one per config).
+
+    ``vectorized=True`` declares that the per-example ``fn`` also accepts a batch
+    and returns each example's gradient with a leading axis (no vmap needed).
+    """
+    net, truth = ref.net, ref.grads
+    mean_truth = tuple((W.mean(axis=0), W0.mean(axis=0)) for W, W0 in truth)
+    if not batched:
+        user, dtypes, notes = _call(fn, ref.params, ref.X, ref.Y, net, what, per_example=True,
+                                    vectorized=vectorized)
+        rows = _rows(ref, user, truth, ref.roundoff, rtol, atol, per_example=True)
+        return _judge(ref, user, rows, notes, dtypes, "per-example", rtol, atol)
+    user_mean, dtypes = _call_batch(fn, ref.params, ref.X, ref.Y, net, what)
+    rows_mean = _rows(ref, user_mean, mean_truth, ref.mean_roundoff, rtol, atol,
+                      per_example=False)
+    if all(r.ok for r in rows_mean):
+        return _judge(ref, None, rows_mean, [], dtypes, "batch", rtol, atol)
+    try:  # your function on batches of one: the per-example gradients
+        user, _, notes = _call(fn, ref.params, ref.X, ref.Y, net, what, per_example=False)
+    except BackpropError as e:
+        notes = [f"your function fails on a batch of one example, so the batch reduction "
+                 f"cannot be right: {e}"]
+        return _judge(ref, None, rows_mean, notes, dtypes, "batch", rtol, atol, force="batch")
+    rows = _rows(ref, user, truth, ref.roundoff, rtol, atol, per_example=True)
+    if all(r.ok for r in rows):
+        notes.append("called on one example at a time your function is right for every "
+                     "example; only the reduction over the batch is wrong")
+        return _judge(ref, None, rows_mean, notes, dtypes, "batch", rtol, atol, force="batch")
+    notes.append("your batch gradient is wrong and so is each example's (your function on "
+                 "batches of one): the rows compare those per-example gradients")
+    return _judge(ref, user, rows, notes, dtypes, "per-example", rtol, atol)
+
+
+def _judge(ref, user, rows, notes, dtypes, mode, rtol, atol, force=None) -> Report:
+    net = ref.net
+    notes = list(notes)
+    if dtypes and dtypes != {ref.dtype.name}:
+        notes.append(f"your gradients are {', '.join(sorted(dtypes))} while params are "
+                     f"{ref.dtype.name}; budgets are set for {ref.dtype.name}")
+    notes.append(_budget_note(ref, rows, rtol, atol))
+    common = dict(rows=rows, mode=mode, dtype=ref.dtype.name, batch_size=int(ref.X.shape[0]),
+                  network=repr(net), activations=net.activations)
+    if all(r.ok for r in rows):
+        return Report(ok=True, first_bad_layer=None, suspect=None, notes=tuple(notes), **common)
+    nonfinite = [r for r in rows if r.nonfinite]
+    if nonfinite:
+        r = nonfinite[0]
+        notes.insert(0, f"NaN/inf in layer {r.layer} {r.parameter} at example "
+                        f"{r.worst_example}, entry {r.worst_entry}")
+        return Report(ok=False, first_bad_layer=r.layer, suspect="nonfinite",
+                      candidates=("nonfinite",), notes=tuple(notes), **common)
+    layer = max(r.layer for r in rows if not r.ok)
+    if force is not None:
+        return Report(ok=False, first_bad_layer=layer, suspect=force, candidates=(force,),
+                      notes=tuple(notes), **common)
+    suspect, ambiguous, candidates, more, evidence = _suspect(ref, user, rows, layer)
+    return Report(ok=False, first_bad_layer=layer, suspect=suspect, ambiguous=ambiguous,
+                  candidates=tuple(candidates), notes=tuple(more + notes), evidence=evidence,
+                  **common)
+
+
+def _suspect(ref, user, rows, l):
+    """The suspect at the first bad layer l (see the module docstring)."""
+    bad = {r.parameter: not r.ok for r in rows if r.layer == l}
+    row_W = next(r for r in rows if r.layer == l and r.parameter == "W")
+    WU, dU = user[l - 1]
+    WT = ref.grads[l - 1][0]
+    # What your ∂L/∂W^l would be if it were a^{l-1} (your ∂L/∂W0^l)ᵀ.
+    implied = ref.a[l - 1][:, :, None] * dU[:, None, :]  # (B, m, 1) * (B, 1, n) -> (B, m, n)
+    if bad["W"] and not bad["W0"]:
+        return "weight", False, ("weight",), [], None
+    if not bad["W"]:
+        if _max_abs(implied - WT) > row_W.budget_abs:
+            return "bias", False, ("bias",), [], None
+        # a^{l-1} ≈ 0 on this batch: ∂L/∂W^l cannot tell whether ∂L/∂z^l itself is wrong.
+        lower_bad = any(not r.ok for r in rows if r.layer < l)
+        suspect, _, candidates, notes, evidence = _delta_suspect(ref, user, l)
+        notes.insert(0, f"a^{l - 1} is (nearly) zero on this batch, so ∂L/∂W^{l} cannot tell a "
+                        f"wrong bias gradient from a wrong ∂L/∂z^{l}")
+        if lower_bad:
+            return suspect, True, tuple(candidates) + ("bias",), notes, evidence
+        return "bias", True, ("bias",) + tuple(candidates), notes, evidence
+    notes, extra = [], ()
+    if _max_abs(WU - implied) > max(0.1 * _max_abs(WU - WT), row_W.budget_abs):
+        notes.append(f"your ∂L/∂W^{l} is not a^{l - 1} (your ∂L/∂W0^{l})ᵀ either: the weight "
+                     f"factor of layer {l} may be wrong too")
+        extra = ("weight",)
+    suspect, ambiguous, candidates, more, evidence = _delta_suspect(ref, user, l)
+    return (suspect, ambiguous or bool(extra), tuple(candidates) + extra, notes + more,
+            evidence)
+
+
+def _delta_suspect(ref, user, l):
+    """Your ∂L/∂z^l (bias gradient) is wrong and ∂L/∂z^{l+1} right: which factor?"""
+    net = ref.net
+    if l == net.num_layers:
+        return "loss", False, ("loss",), [], None
+    act = net._acts[l - 1]
+    e = user[l - 1][1] - ref.grads[l - 1][1]  # (B, n^l)
+    D = ref.grads[l][1]  # true ∂L/∂z^{l+1}, (B, n^{l+1})
+    z, a = ref.z[l - 1], ref.a[l]
+    with jax.enable_x64(True):
+        fprime = np.asarray(act.df(jnp.asarray(z))) if act.elementwise else None
+
+        def vjp(G):  # the activation's vjp on a (K, B, n) stack of cotangents
+            zz, aa = (jnp.broadcast_to(jnp.asarray(v), G.shape) for v in (z, a))
+            return np.asarray(act.vjp(zz, aa, jnp.asarray(G)))
+
+        # round-off in ‖e‖: about √(B n) entries of jaxbp's own error in your dtype
+        noise = math.sqrt(e.size) * ref.roundoff[l - 1][1] / max(np.linalg.norm(e), 1e-300)
+        suspect, ambiguous, candidates, notes, evidence = _localize.activation_or_link(
+            e, D, ref.params64[l][0], z, a, fprime, vjp, noise)
+    return suspect, ambiguous, tuple(candidates), list(notes), evidence
+
+
+# ------------------------------------------------------------ third opinion
+
+def _with_finite_differences(report: Report, ref: _Reference, fn, batched) -> Report:
+    from jaxbp._finite_difference import finite_difference_grad
+    from jaxbp._tolerances import tree_relative_error
+
+    net = ref.net
+    with jax.enable_x64(True):
+        fd = finite_difference_grad(net.batch_loss, _to64(ref.params), _to64(ref.X),
+                                    _to64(ref.Y))
+    fd = tuple((np.asarray(g.W), np.asarray(g.W0)) for g in fd)
+    truth = tuple((W.mean(axis=0), W0.mean(axis=0)) for W, W0 in ref.grads)
+    if batched:
+        yours, _ = _call_batch(fn, ref.params, ref.X, ref.Y, net, "backprop")
+    else:
+        per, _, _ = _call(fn, ref.params, ref.X, ref.Y, net, "backprop", per_example=True)
+        yours = tuple((W.mean(axis=0), W0.mean(axis=0)) for W, W0 in per)
+    jax_fd, yours_fd = tree_relative_error(truth, fd), tree_relative_error(yours, fd)
+    notes = list(report.notes)
+    if jax_fd > 1e-5:
+        notes.append(f"jax.grad and central differences disagree ({jax_fd:.1e}): some input "
+                     "sits at or near a kink (relu at 0, the hinge margin), where the two "
+                     "need not agree")
+        if yours_fd < 1e-5:
+            notes.append("your gradient agrees with central differences there")
+    fd_info = {"jax_grad_vs_fd": jax_fd, "yours_vs_fd": yours_fd}
+    return dataclasses.replace(report, notes=tuple(notes), finite_difference=fd_info)

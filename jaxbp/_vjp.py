@@ -1,0 +1,209 @@
+"""Check one custom layer's hand-written backward pass, then train with it.
+
+``check_vjp(forward, backward, *primals)`` compares your ``backward`` with
+``jax.vjp(forward, ...)`` evaluated in float64 for a few random cotangents dy,
+primal by primal and entry by entry, with the same budget rule as
+``jaxbp.verify`` (round-off of ``jax.vjp`` itself in your dtype, times 10, or
+a floor; see ``jaxbp._tolerances.roundoff_budget``).
+``custom_vjp(forward, backward)`` wraps ``jax.custom_vjp`` so that ``jax.grad``
+of anything built on the layer uses your backward.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbp._report import Report, Row
+from jaxbp._tolerances import roundoff_budget
+from jaxbp._verify import BackpropError, _check_tolerance, _max_abs
+
+
+def _float_primals(primals):
+    for i, p in enumerate(primals):
+        for leaf in jax.tree.leaves(p):
+            dtype = jnp.result_type(leaf)
+            if not jnp.issubdtype(dtype, jnp.floating):
+                raise TypeError(f"primals[{i}]: expected floating-point arrays, got dtype {dtype}")
+    return tuple(jax.tree.map(jnp.asarray, p) for p in primals)
+
+
+def _as_cotangents(out, primals, what="backward"):
+    """Your backward's output as one pytree per primal, shapes checked."""
+    n = len(primals)
+    if n == 1 and not isinstance(out, (tuple, list)):
+        out = (out,)
+    if not isinstance(out, (tuple, list)) or len(out) != n:
+        got = f"{len(out)} values" if isinstance(out, (tuple, list)) else type(out).__name__
+        raise BackpropError(f"{what} returned {got}; expected a tuple of {n} cotangents, one "
+                            f"per primal (shaped like the primals)")
+    result = []
+    for i, (ct, p) in enumerate(zip(out, primals)):
+        want, got = jax.tree.structure(p), jax.tree.structure(ct)
+        if want != got:
+            raise BackpropError(f"{what}: cotangent {i} has structure {got}; expected {want} "
+                                f"like primals[{i}]")
+        for leaf_ct, leaf_p in zip(jax.tree.leaves(ct), jax.tree.leaves(p)):
+            if jnp.shape(leaf_ct) != jnp.shape(leaf_p):
+                raise BackpropError(f"{what}: cotangent {i} has shape {jnp.shape(leaf_ct)}; "
+                                    f"expected {jnp.shape(leaf_p)} like primals[{i}]")
+        result.append(ct)
+    return tuple(result)
+
+
+def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax.Array] = None,
+              trials: int = 3, rtol: Optional[float] = None,
+              atol: Optional[float] = None) -> Report:
+    """Checks ``backward`` against ``jax.vjp(forward)`` for random cotangents.
+
+    For y = forward(*primals) and a cotangent dy of y's shape, the cotangent of
+    primal i is dyᵀ ∂y/∂primal_i; your ``backward(*primals, dy)`` must return
+    one per primal (a bare array is fine for one primal).
+
+    Args:
+      forward: (*primals) -> y (an array or pytree).
+      backward: (*primals, dy) -> (cotangent of primals[0], ...).
+      *primals: the point to check at (float arrays or pytrees of them).
+      key: PRNG key for the cotangents (default ``jax.random.key(0)``).
+      trials: how many random cotangents dy ~ N(0, 1).
+      rtol, atol: explicit budget (atol + rtol × scale) instead of the
+        round-off-derived one.
+
+    Returns:
+      A ``Report`` (mode "vjp"): one row per primal (per leaf for pytrees),
+      ``primal`` the first wrong one, ``suspect`` "backward" or "nonfinite";
+      ``worst_example`` is the trial (cotangent) index.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxbp
+      >>> fwd = lambda W, x: jnp.tanh(x @ W)
+      >>> def bwd(W, x, dy):
+      ...     dz = dy * (1 - jnp.tanh(x @ W) ** 2)
+      ...     return jnp.outer(x, dz), W @ dz
+      >>> jaxbp.check_vjp(fwd, bwd, jnp.ones((3, 2)) / 3, jnp.arange(3.0)).ok
+      True
+    """
+    if not callable(forward) or not callable(backward):
+        raise TypeError("forward and backward: expected functions")
+    if not primals:
+        raise ValueError("primals: expected at least one array to differentiate at")
+    if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
+        raise ValueError(f"trials: expected a positive int, got {trials!r}")
+    rtol, atol = _check_tolerance("rtol", rtol), _check_tolerance("atol", atol)
+    primals = _float_primals(primals)
+    key = jax.random.key(0) if key is None else key
+    dtype = np.dtype(jnp.result_type(*jax.tree.leaves(primals)))
+    y, pullback = jax.vjp(forward, *primals)
+    keys = jax.random.split(key, trials)
+    y_leaves, y_tree = jax.tree.flatten(y)
+    dys = [jax.tree.unflatten(y_tree, [jax.random.normal(k2, jnp.shape(leaf), jnp.result_type(leaf))
+                                       for k2, leaf in zip(jax.random.split(k, len(y_leaves)),
+                                                           y_leaves)])
+           for k in keys]
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), primals)
+        _, pullback64 = jax.vjp(forward, *p64)
+        truth = [_leaves64(pullback64(jax.tree.map(lambda d: jnp.asarray(d, jnp.float64), dy)))
+                 for dy in dys]
+    own = [_leaves64(pullback(dy)) for dy in dys]  # jax.vjp in your dtype: the round-off
+    yours = []
+    for t, dy in enumerate(dys):
+        try:
+            out = backward(*primals, dy)
+        except Exception as e:
+            raise BackpropError(f"backward raised {type(e).__name__} on trial {t} (called as "
+                                f"backward(*primals, dy) with dy of shape "
+                                f"{jax.tree.map(jnp.shape, dy)}): {e}") from e
+        yours.append(_leaves64(_as_cotangents(out, primals)))
+    names = _leaf_names(primals)
+    rows = []
+    for j, (i, name) in enumerate(names):
+        want = np.stack([tr[j] for tr in truth])
+        got = np.stack([yo[j] for yo in yours])
+        observed = max(_max_abs(o[j] - tr[j]) for o, tr in zip(own, truth))
+        scale = _max_abs(want)
+        budget = (roundoff_budget(observed, scale, dtype, 1) if rtol is None and atol is None
+                  else (atol or 0.0) + (rtol or 0.0) * scale)
+        rows.append(_vjp_row(name, got, want, budget))
+    common = dict(rows=tuple(rows), mode="vjp", dtype=dtype.name, batch_size=trials,
+                  network=getattr(forward, "__name__", repr(forward)))
+    bad = [(i, r) for (i, _), r in zip(names, rows) if not r.ok]
+    if not bad:
+        return Report(ok=True, first_bad_layer=None, suspect=None, **common)
+    primal, row = bad[0]
+    suspect = "nonfinite" if any(r.nonfinite for _, r in bad) else "backward"
+    if suspect == "nonfinite":
+        primal, row = next((i, r) for i, r in bad if r.nonfinite)
+    note = (f"{row.parameter}: worst entry {row.worst_entry} at trial {row.worst_example}, "
+            f"error {row.max_abs_error:.3g} (relative {row.max_rel_error:.3g})")
+    return Report(ok=False, first_bad_layer=None, suspect=suspect, primal=primal,
+                  candidates=(suspect,), notes=(note,), **common)
+
+
+def _leaves64(tree):
+    return [np.asarray(x, np.float64) for x in jax.tree.leaves(tree)]
+
+
+def _leaf_names(primals):
+    names = []
+    for i, p in enumerate(primals):
+        paths = jax.tree_util.tree_flatten_with_path(p)[0]
+        for path, _ in paths:
+            names.append((i, f"primals[{i}]{jax.tree_util.keystr(path)}"))
+    return names
+
+
+def _vjp_row(name, got, want, budget_abs) -> Row:
+    diff = np.abs(got - want)
+    scale = _max_abs(want)
+    bad = ~np.isfinite(got)
+    if np.any(bad):
+        idx = tuple(int(i) for i in np.argwhere(bad)[0])
+        err = rel = math.inf
+    else:
+        idx = tuple(int(i) for i in np.unravel_index(np.argmax(diff), diff.shape)) \
+            if diff.size else (0,)
+        err = float(diff[idx]) if diff.size else 0.0
+        rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
+    budget = budget_abs / scale if scale > 0 else (math.inf if budget_abs > 0 else 0.0)
+    return Row(None, name, tuple(want.shape[1:]), err, rel, budget, budget_abs, scale,
+               idx[0], idx[1:], bool(err <= budget_abs), bool(np.any(bad)))
+
+
+def custom_vjp(forward: Callable, backward: Callable) -> Callable:
+    """``forward`` whose gradient uses your ``backward``, via ``jax.custom_vjp``.
+
+    Args:
+      forward: (*primals) -> y.
+      backward: (*primals, dy) -> one cotangent per primal (check it first with
+        ``check_vjp``). Cotangents are cast to their primal's dtype.
+
+    Returns:
+      A function like ``forward``; ``jax.grad``, ``jax.vjp`` and ``jax.jit``
+      of anything built from it call ``backward`` for the backward pass.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxbp
+      >>> square = jaxbp.custom_vjp(lambda x: x * x, lambda x, dy: (2 * x * dy,))
+      >>> float(jax.grad(lambda x: square(x).sum())(jnp.array([3.0])).sum())
+      6.0
+    """
+    if not callable(forward) or not callable(backward):
+        raise TypeError("forward and backward: expected functions")
+    wrapped = jax.custom_vjp(forward)
+
+    def fwd(*primals):
+        return forward(*primals), primals
+
+    def bwd(primals, dy):
+        cts = _as_cotangents(backward(*primals, dy), primals)
+        return tuple(jax.tree.map(lambda c, p: jnp.asarray(c).astype(jnp.result_type(p)), ct, p)
+                     for ct, p in zip(cts, primals))
+
+    wrapped.defvjp(fwd, bwd)
+    return functools.wraps(forward)(lambda *primals: wrapped(*primals))
