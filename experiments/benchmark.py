@@ -67,6 +67,7 @@ MIN_SAMPLE_S = {"full": 0.05, "quick": 0.02, "tiny": 0.0}  # calls per sample re
 MAX_PAIR_S = {"full": 40.0, "quick": 12.0, "tiny": 1.0}  # fewer repeats for slow pairs...
 MIN_REPEATS = 5  # ...but never fewer than this (tiny: REPEATS["tiny"])
 WARMUP_CALLS = 2
+SETTLE_S = 0.2  # pause after a sample (at most its per-call time): see time_interleaved
 CLIP_QUANTILE = 0.5  # max_norm = this quantile of the per-example norms: half clipped
 
 # Targets on the speedup t_reference / t_jaxbp (the "ratio ≤ 1.0" for the batch
@@ -91,7 +92,9 @@ def time_interleaved(calls: dict, *, repeats: int, min_sample_s: float,
     Each sample runs a fn `number` times (enough to last ``min_sample_s``) and
     blocks on every result, which is dropped at once so that at most one large
     output is alive. Slow fns get fewer repeats (about ``max_s`` in all, at
-    least ``min(MIN_REPEATS, repeats)``).
+    least ``min(MIN_REPEATS, repeats)``). After each sample the loop pauses for
+    up to ``SETTLE_S``: freeing a large output (GBs from the vmap references)
+    finishes in the background and otherwise slows the next fn's sample ~4×.
 
     Args:
       calls: {name: (compiled fn, args)}.
@@ -117,6 +120,7 @@ def time_interleaved(calls: dict, *, repeats: int, min_sample_s: float,
             for _ in range(n):
                 jax.block_until_ready(fn(*args))
             samples[name].append((time.perf_counter() - t0) / n)
+            time.sleep(min(SETTLE_S, samples[name][-1]))
     return {name: {"median_s": statistics.median(s), "samples_s": s, "number": number[name]}
             for name, s in samples.items()}
 
