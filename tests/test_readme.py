@@ -21,7 +21,7 @@ def test_quickstart_has_exactly_two_commands():
     assert "experiments/train.py" in commands[0] and "pytest" in commands[1]
     # CI runs the same test command.
     ci = (README.parent / ".ci" / "run").read_text()
-    assert "-m pytest -q" in ci and "-m pytest -q" in commands[1]
+    assert "-m pytest -q -n auto" in ci and "-m pytest -q -n auto" in commands[1]
 
 
 def test_python_snippets_run(tmp_path):
