@@ -183,6 +183,9 @@ def activation_or_link(e, D, W_next, z, a, fprime, vjp, noise=0.0):
         return "link", False, ("link",), notes, evidence
     if act_fits and not link_fits and link_det:
         return "activation", False, ("activation",), notes, evidence
+    evidence["ambiguity"] = ("link_undetermined" if not link_det else
+                             "activation_undetermined" if not act_det else
+                             "both_fit" if link_fits else "neither_fits")
     if link_fits and act_fits:
         delta = vjp(g[None])[0] if fprime is None else fprime * g  # the true ∂L/∂z^ℓ
         scale = float(np.sum(e * delta) / max(np.sum(delta * delta), 1e-300))
@@ -199,6 +202,7 @@ def activation_or_link(e, D, W_next, z, a, fprime, vjp, noise=0.0):
             notes.append(f"both a wrong activation factor (misfit {act:.2g}) and a wrong link "
                          f"(misfit {link:.2g}) explain the error")
         else:
+            evidence["ambiguity"] = "scaled"
             notes.append(f"both a wrong activation factor and a wrong link explain the error: "
                          f"your ∂L/∂z^(l) is {1 + scale:.3g} × the true one (misfit "
                          f"{multiple:.2g}), and a scaled f' or a scaled W^(l+1) give the same")

@@ -159,15 +159,20 @@ def _top_mutant(name, description, layers, top):
                   lambda net, l: (net.num_layers, "loss"))
 
 
-def _act_mutant(name, description, ok_act, bug):
-    """bug(net, l, z, a, dL_da); at l = L only where the loss is not fused."""
+def _act_mutant(name, description, ok_act, bug, fused_too=False):
+    """bug(net, l, z, a, dL_da) replaces layer l's activation factor. At l = L the
+    loss must be unfused, or (``fused_too``) the bug replaces the fused form too."""
     def layers(net):
         L = net.num_layers
         return tuple(l for l in range(1, L + 1) if ok_act(net, l)
-                     and (l < L or net._loss.dL_dz is None))
+                     and (l < L or net._loss.dL_dz is None or fused_too))
 
     def build(net, l):
-        return chain_backprop(net, NOTES._replace(activation=_at("activation", l, bug)))
+        factors = NOTES._replace(activation=_at("activation", l, bug))
+        if l == net.num_layers and net._loss.dL_dz is not None:  # unfused: ∂L/∂a^L, then bug
+            factors = factors._replace(top=lambda net, f, z, a, y: bug(
+                net, net.num_layers, z, a, net._loss.dL_da(a, y)))
+        return chain_backprop(net, factors)
     return Mutant(name, "activation", description, layers, build, False,
                   lambda net, l: (l, "loss" if l == net.num_layers else "activation"))
 
@@ -240,7 +245,7 @@ MUTANTS: tuple = (
     _act_mutant("softmax_derivative_elementwise",
                 "softmax derivative as elementwise a(1 − a) instead of the Jacobian",
                 lambda net, l: net.activations[l - 1] == "softmax" and _width(net, l) > 1,
-                lambda net, l, z, a, g: g * a * (1 - a)),
+                lambda net, l, z, a, g: g * a * (1 - a), fused_too=True),
     _act_mutant("activation_derivative_wrong_layer", "layer ℓ+1's derivative used at layer ℓ",
                 lambda net, l: l < net.num_layers and _acts(net, l).elementwise
                 and _acts(net, l + 1).elementwise

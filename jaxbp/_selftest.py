@@ -98,7 +98,7 @@ def selftest(configs: int = 500, *, seed: int = 0, batch: int = BATCH, progress=
     rng = np.random.default_rng(seed)
     mutant_stats = collections.defaultdict(_stats)
     correct_stats = collections.defaultdict(_stats)
-    false_alarms, misses = [], []
+    false_alarms, misses, ambiguous_examples = [], [], []
     ambiguous = collections.defaultdict(collections.Counter)
     start = time.perf_counter()
     with jax.enable_x64(True):
@@ -127,7 +127,7 @@ def selftest(configs: int = 500, *, seed: int = 0, batch: int = BATCH, progress=
                 report = check_against(ref, mutant.build(net, l), batched=mutant.batched,
                                        vectorized=not mutant.batched)
                 _score(mutant, net, l, report, mutant_stats[mutant.name], misses, ambiguous,
-                       where)
+                       ambiguous_examples, where)
             if progress is not None:
                 progress(i + 1, configs)
     seconds = time.perf_counter() - start
@@ -142,7 +142,8 @@ def selftest(configs: int = 500, *, seed: int = 0, batch: int = BATCH, progress=
         "correct": {k: dict(v) for k, v in correct_stats.items()},
         "false_alarm_examples": false_alarms[:20],
         "misses": misses[:30],
-        "ambiguous": {k: dict(v.most_common(5)) for k, v in ambiguous.items()},
+        "ambiguous": {k: dict(v.most_common()) for k, v in ambiguous.items()},
+        "ambiguous_examples": ambiguous_examples,
         "passed": bool(passed),
     }
 
@@ -153,7 +154,7 @@ def _worst(report) -> str:
             f"{r.budget:.2e}")
 
 
-def _score(mutant, net, l, report, stats, misses, ambiguous, where):
+def _score(mutant, net, l, report, stats, misses, ambiguous, ambiguous_examples, where):
     want_layer, want_suspect = mutant.expect(net, l)
     effect = max(r.max_rel_error for r in report.rows)
     stats["applied"] += 1
@@ -173,6 +174,8 @@ def _score(mutant, net, l, report, stats, misses, ambiguous, where):
     elif report.ambiguous and want_suspect in report.candidates:
         stats["ambiguous_listed"] += 1
         ambiguous[mutant.name][_reason(report)] += 1
+        if sum(ambiguous[mutant.name].values()) <= 2:
+            ambiguous_examples.append(f"{mutant.name} at layer {l} on {where}: {_reason(report)}")
     else:
         stats["suspect_wrong"] += 1
     if not layer_right or want_suspect not in report.candidates:
@@ -181,11 +184,20 @@ def _score(mutant, net, l, report, stats, misses, ambiguous, where):
                       f"{want_suspect}) on {where}; evidence {report.evidence}")
 
 
+AMBIGUITY = {
+    "scaled": "your ∂L/∂z^ℓ is a multiple of the true one (a one-unit link is a scalar too)",
+    "both_fit": "both an activation factor and a link fit the batch",
+    "neither_fits": "neither fits alone",
+    "link_undetermined": "too few examples to test the link",
+    "activation_undetermined": "too few informative entries to test the activation",
+    "dead_input": "a^(l-1) = 0 on the batch (dead units): ∂L/∂W^l cannot tell bias from ∂L/∂z",
+    "weight_too": "∂L/∂W^l is not a^(l-1) (your ∂L/∂W0^l)ᵀ either",
+}
+
+
 def _reason(report) -> str:
-    for note in report.notes:
-        if note.startswith(("both", "neither", "the link test", "the activation test", "your ∂L")):
-            return note.split(":")[0].split("(")[0].strip()
-    return "ambiguous"
+    tag = (report.evidence or {}).get("ambiguity", "")
+    return AMBIGUITY.get(tag, tag or "ambiguous")
 
 
 def format_summary(result: dict) -> str:

@@ -394,6 +394,7 @@ def _suspect(ref, user, rows, l):
         suspect, _, candidates, notes, evidence = _delta_suspect(ref, user, l)
         notes.insert(0, f"a^{l - 1} is (nearly) zero on this batch, so ∂L/∂W^{l} cannot tell a "
                         f"wrong bias gradient from a wrong ∂L/∂z^{l}")
+        evidence = dict(evidence or {}, ambiguity="dead_input")
         if lower_bad:
             return suspect, True, tuple(candidates) + ("bias",), notes, evidence
         return "bias", True, ("bias",) + tuple(candidates), notes, evidence
@@ -403,6 +404,8 @@ def _suspect(ref, user, rows, l):
                      f"factor of layer {l} may be wrong too")
         extra = ("weight",)
     suspect, ambiguous, candidates, more, evidence = _delta_suspect(ref, user, l)
+    if extra:
+        evidence = dict(evidence or {}, ambiguity="weight_too")
     return (suspect, ambiguous or bool(extra), tuple(candidates) + extra, notes + more,
             evidence)
 
