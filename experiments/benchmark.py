@@ -62,9 +62,9 @@ TINY_CASES = (Case("small", (16, 32, 32, 4), 8),  # for the tests: seconds, not 
 # gradients fit in this many bytes: the vmap references hold them all, plus about as much
 # again in temporaries (large MLP: 25 MB per example in float32, 50 MB in float64).
 PER_EXAMPLE_BYTES = {"full": 3.5e9, "quick": 0.85e9, "tiny": 1e5}
-REPEATS = {"full": 21, "quick": 7, "tiny": 3}
+REPEATS = {"full": 41, "quick": 7, "tiny": 3}
 MIN_SAMPLE_S = {"full": 0.05, "quick": 0.02, "tiny": 0.0}  # calls per sample reach this
-MAX_PAIR_S = {"full": 40.0, "quick": 12.0, "tiny": 1.0}  # fewer repeats for slow pairs...
+MAX_PAIR_S = {"full": 45.0, "quick": 12.0, "tiny": 1.0}  # fewer repeats for slow pairs...
 MIN_REPEATS = 5  # ...but never fewer than this (tiny: REPEATS["tiny"])
 WARMUP_CALLS = 2
 SETTLE_S = 0.2  # pause after a sample (at most its per-call time): see time_interleaved
