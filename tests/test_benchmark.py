@@ -22,19 +22,21 @@ def load_benchmark():
     return module
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "bench.json"
+def test_quick_run_prints_the_table_and_writes_json(tmp_path):
+    # One subprocess for all checks (a module fixture could run once per xdist worker).
+    out = tmp_path / "bench.json"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--tiny", "--json", str(out)],
         capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc.stdout, json.loads(out.read_text())
+    result = json.loads(out.read_text())
+    check_json_has_every_case_and_task(result)
+    check_rows_are_consistent(result)
+    check_printed_table_has_one_line_per_row(proc.stdout, result)
 
 
-def test_json_has_every_case_and_task(quick_run):
-    _, result = quick_run
+def check_json_has_every_case_and_task(result):
     assert set(result) >= {"machine", "settings", "rows", "peak_rss_gb", "all_targets_met"}
     assert result["settings"]["mode"] == "tiny"
     assert result["machine"]["backend"] == "cpu" and result["machine"]["cores"] >= 1
@@ -45,8 +47,7 @@ def test_json_has_every_case_and_task(quick_run):
     assert 0 < result["peak_rss_gb"] < 4
 
 
-def test_rows_are_consistent(quick_run):
-    _, result = quick_run
+def check_rows_are_consistent(result):
     for row in result["rows"]:
         assert isinstance(row["met"], bool) or (row["met"] is None and row["target"] is None)
         if row["task"] == "gflops_vs_dot":
@@ -68,8 +69,7 @@ def test_rows_are_consistent(quick_run):
         assert row["share_of_bound"] == pytest.approx(row["write_s"] / row["jaxbp_s"])
 
 
-def test_printed_table_has_one_line_per_row(quick_run):
-    stdout, result = quick_run
+def check_printed_table_has_one_line_per_row(stdout, result):
     lines = [line for line in stdout.splitlines() if line.startswith("|")]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header == ["case", "dtype", "B", "task", "jaxbp", "reference", "speedup", "target",
