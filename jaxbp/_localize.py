@@ -23,10 +23,14 @@ Over the batch, with the error e = yours − true (B, n^ℓ) and D the true
   For softmax (not elementwise) the wrong factor is fitted as a combination of
   the usual wrong products: g, a⊙g, a²⊙g, a⟨a, g⟩, ⟨a, g⟩, a Σg, z⊙g.
 
-Exactly one fits: that suspect. Both fit (e.g. your ∂L/∂z^ℓ is a constant
-multiple of the true one, or f is the identity and k is constant) or neither
-fits (two factors wrong at once) or a test is undetermined: the report says
-``ambiguous`` and lists both, the one with the smaller misfit first.
+Exactly one fits: that suspect. Both fit: if e is (close to) a constant
+multiple of the true ∂L/∂z^ℓ the two are the same thing (a scaled f' or a
+scaled W^{ℓ+1}; with one unit a link *is* a scalar) and the report says
+``ambiguous``; otherwise the true hypothesis fits down to round-off (link:
+exactly; activation: up to interpolation error), so a fit 10× better than the
+other one decides, unless both fit down to round-off. Neither fits (two factors wrong at once) or a test is
+undetermined: ``ambiguous``, with both listed, the smaller misfit first, and
+``evidence["ambiguity"]`` saying which case it was.
 """
 
 from __future__ import annotations
@@ -147,7 +151,7 @@ def softmax_activation_misfit(e, g, z, a):
     return float(np.linalg.norm(resid) / norm), _spare_enough(B * n, int(rank))
 
 
-def activation_or_link(e, D, W_next, z, a, fprime, vjp, noise=0.0):
+def activation_or_link(e, D, W_next, z, a, fprime, vjp, noise=0.0, layer=None):
     """Decides between "activation" and "link" at a hidden layer.
 
     Args:
@@ -158,11 +162,13 @@ def activation_or_link(e, D, W_next, z, a, fprime, vjp, noise=0.0):
       fprime: f'(z^ℓ) (B, n) for an elementwise activation, else None.
       vjp: the activation's vjp on stacks (for softmax).
       noise: the round-off expected in ‖e‖, relative to ‖e‖.
+      layer: ℓ, for the notes.
 
     Returns:
       (suspect, ambiguous, candidates, notes, evidence).
     """
     g = D @ W_next.T  # (B, n') @ (n', n) -> (B, n): the true ∂L/∂a^ℓ
+    l, l1 = ("ℓ", "ℓ+1") if layer is None else (layer, layer + 1)
     link, link_det = link_misfit(e, D, fprime, vjp)
     if fprime is not None:
         act, act_det = activation_misfit(e, g, z)
@@ -175,14 +181,18 @@ def activation_or_link(e, D, W_next, z, a, fprime, vjp, noise=0.0):
     notes = []
     if not link_det:
         notes.append(f"the link test is undetermined: B={e.shape[0]} examples are too few to "
-                     f"rule out a linear map of ∂L/∂z^(l+1) ({D.shape[1]} units); use a "
+                     f"rule out a linear map of ∂L/∂z^{l1} ({D.shape[1]} units); use a "
                      f"larger batch")
     if not act_det:
         notes.append("the activation test is undetermined (too few informative entries)")
+    fits = (f"a linear map of ∂L/∂z^{l1} fits the error (misfit {link:.2g}), a factor "
+            f"depending on z^{l} does not (misfit {act:.2g})")
     if link_fits and not act_fits and act_det:
-        return "link", False, ("link",), notes, evidence
+        return "link", False, ("link",), notes + [fits], evidence
+    fits = (f"a factor depending on z^{l} fits the error (misfit {act:.2g}), a linear map of "
+            f"∂L/∂z^{l1} does not (misfit {link:.2g})")
     if act_fits and not link_fits and link_det:
-        return "activation", False, ("activation",), notes, evidence
+        return "activation", False, ("activation",), notes + [fits], evidence
     evidence["ambiguity"] = ("link_undetermined" if not link_det else
                              "activation_undetermined" if not act_det else
                              "both_fit" if link_fits else "neither_fits")
@@ -195,17 +205,21 @@ def activation_or_link(e, D, W_next, z, a, fprime, vjp, noise=0.0):
         if multiple > max(10 * min(link, act), floor):
             # The true hypothesis fits down to round-off (link: exactly; activation: up to
             # interpolation error); a 10× worse fit of the other one rules it out.
-            if link <= floor and act > 10 * link:
+            if link <= floor and act > max(10 * link, floor):
+                notes.append(f"a linear map of ∂L/∂z^{l1} fits the error exactly (misfit "
+                             f"{link:.2g}), a factor depending on z^{l} only roughly ({act:.2g})")
                 return "link", False, ("link",), notes, evidence
-            if act < link / 10:
+            if act < link / 10 and link > floor:
+                notes.append(f"a factor depending on z^{l} fits the error (misfit {act:.2g}) "
+                             f"10× better than a linear map of ∂L/∂z^{l1} ({link:.2g})")
                 return "activation", False, ("activation",), notes, evidence
             notes.append(f"both a wrong activation factor (misfit {act:.2g}) and a wrong link "
                          f"(misfit {link:.2g}) explain the error")
         else:
             evidence["ambiguity"] = "scaled"
             notes.append(f"both a wrong activation factor and a wrong link explain the error: "
-                         f"your ∂L/∂z^(l) is {1 + scale:.3g} × the true one (misfit "
-                         f"{multiple:.2g}), and a scaled f' or a scaled W^(l+1) give the same")
+                         f"your ∂L/∂z^{l} is {1 + scale:.3g} × the true one (misfit "
+                         f"{multiple:.2g}), and a scaled f' or a scaled W^{l1} give the same")
     elif not (link_fits or act_fits):
         notes.append(f"neither a wrong activation factor (misfit {act:.2g}) nor a wrong link "
                      f"(misfit {link:.2g}) alone explains the error; more than one factor "

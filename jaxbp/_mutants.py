@@ -252,7 +252,8 @@ MUTANTS: tuple = (
                 and net.activations[l - 1] != net.activations[l],
                 lambda net, l, z, a, g: g * _acts(net, l + 1).df(z)),
     # ---- link: W^{l+1}
-    _factor_mutant("link_transposed", "link", "∂L/∂a^ℓ = W^{ℓ+1}ᵀ ∂L/∂z^{ℓ+1}: W transposed the wrong way",
+    _factor_mutant("link_transposed", "link",
+                   "∂L/∂a^ℓ = W^{ℓ+1}ᵀ ∂L/∂z^{ℓ+1}: W transposed the wrong way",
                    lambda net: _hidden(net, lambda l: _width(net, l) == _width(net, l + 1) > 1),
                    "link", lambda net, params, l, d: d @ params[l].W, "link"),
     _factor_mutant("link_dropped", "link", "∂L/∂a^ℓ = ∂L/∂z^{ℓ+1}: W^{ℓ+1} left out",
@@ -316,9 +317,16 @@ PROBES: tuple = (
                    "weight"),
 )
 
+def _matrix_form(l, grads, trace, deltas):
+    """The batch mean as one product, A^{l-1}ᵀ δ^l / B: other round-off than a mean."""
+    A, d = trace.a[l - 1], deltas[l - 1]  # (B, m), (B, n)
+    return Dense(A.T @ d / d.shape[0], jnp.sum(d, axis=0) / d.shape[0])  # (m, B) @ (B, n)
+
+
 # Correct backprops written differently from jaxbp's: the self-test's false-alarm check.
 CORRECT: tuple = (
     ("chain", False, lambda net: chain_backprop(net)),
     ("jax_grad_in_dtype", False, lambda net: jax.grad(net.loss)),
     ("chain_batch_mean", True, lambda net: batch_backprop(net)),
+    ("matrix_form_mean", True, lambda net: batch_backprop(net, reduce=_matrix_form)),
 )

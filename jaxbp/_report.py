@@ -23,16 +23,17 @@ SUSPECTS = ("loss", "activation", "link", "weight", "bias", "batch", "nonfinite"
 _EXPLAIN = {
     "loss": "∂L/∂z^{l} is wrong at the top layer: check the loss factor ∂L/∂a^L times the last "
             "activation's factor f^L'(z^L) (fused with nll or binary_nll: ∂L/∂z^L = a^L − y).",
-    "activation": "∂L/∂z^{l} is wrong while ∂L/∂z^{l1} is right, and the error is a factor that "
-                  "depends on z^{l}: check the activation factor f^{l}'(z^{l}) of layer {l} ({act}).",
-    "link": "∂L/∂z^{l} is wrong while ∂L/∂z^{l1} is right, and the wrong values are a linear map of "
-            "∂L/∂z^{l1}: check the link ∂L/∂a^{l} = W^{l1} ∂L/∂z^{l1} (transposed? another "
+    "activation": "∂L/∂z^{l} is wrong while ∂L/∂z^{l1} is right, and the error is a factor "
+                  "that depends on z^{l}: check the activation factor f^{l}'(z^{l}) of layer "
+                  "{l} ({act}).",
+    "link": "∂L/∂z^{l} is wrong while ∂L/∂z^{l1} is right, and the wrong values are a linear "
+            "map of ∂L/∂z^{l1}: check the link ∂L/∂a^{l} = W^{l1} ∂L/∂z^{l1} (transposed? another "
             "layer's W? scaled?).",
     "weight": "your bias gradient ∂L/∂z^{l} is right but ∂L/∂W^{l} is wrong: check the weight "
               "factor in ∂L/∂W^{l} = a^{lm1} (∂L/∂z^{l})ᵀ.",
     "bias": "∂L/∂W^{l} is right but the bias gradient is wrong: ∂L/∂W0^{l} must be ∂L/∂z^{l}.",
-    "batch": "every example's gradient is right but the batch reduction is wrong from layer {l} "
-             "down: the batch gradient is the mean (1/B) Σ_b of the per-example gradients.",
+    "batch": "every example's gradient is right but the batch reduction is wrong (first at "
+             "layer {l}): the batch gradient is the mean (1/B) Σ_b of the per-example ones.",
     "nonfinite": "NaN or inf in your gradient of layer {l}.",
     "backward": "the cotangent of primal {primal} is wrong.",
 }
@@ -114,6 +115,7 @@ class Report:
     finite_difference: Any = None
 
     def __bool__(self) -> bool:
+        """``if report:`` is ``if report.ok:``."""
         return self.ok
 
     @property
@@ -121,19 +123,19 @@ class Report:
         """The rows that failed."""
         return tuple(r for r in self.rows if not r.ok)
 
-    def explanation(self, activations: tuple = ()) -> str:
+    def explanation(self) -> str:
         """One sentence on what the suspect means at ``first_bad_layer``."""
         if self.suspect is None:
             return "all gradients agree with the reference within budget."
         l = self.first_bad_layer
-        act = activations[l - 1] if l and len(activations) >= l else "?"
+        act = self.activations[l - 1] if l and len(self.activations) >= l else "?"
         return _EXPLAIN[self.suspect].format(
             l=l, l1=(l or 0) + 1, lm1=(l or 1) - 1, act=act, primal=self.primal)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (inf and NaN become the strings "inf", "nan")."""
         d = dataclasses.asdict(self)
-        d["explanation"] = self.explanation(self.activations)
+        d["explanation"] = self.explanation()
         return _jsonable(d)
 
     def to_json(self, **kwargs) -> str:
@@ -150,9 +152,10 @@ class Report:
                      else f"layer {self.first_bad_layer}")
             amb = (f" (ambiguous: {' or '.join(self.candidates)})" if self.ambiguous else "")
             lines.append(f"{what}: WRONG — {where}, suspect: {self.suspect}{amb}")
-            lines.append("  " + self.explanation(self.activations))
-        lines.append(f"  {self.network}  dtype={self.dtype}  "
-                     f"{'trials' if self.mode == 'vjp' else 'B'}={self.batch_size}  mode={self.mode}")
+            lines.append("  " + self.explanation())
+        size = "trials" if self.mode == "vjp" else "B"
+        lines.append(f"  {self.network}  dtype={self.dtype}  {size}={self.batch_size}  "
+                     f"mode={self.mode}")
         head = (f"{'layer':>5} {'param':<12} {'max abs err':>11} {'max rel err':>11} "
                 f"{'budget':>9} {'worst ex':>8}  {'worst entry':<12} status")
         lines.append(head)

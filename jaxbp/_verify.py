@@ -80,7 +80,8 @@ def verify(net: Network, params, X, Y, *, backprop: Optional[Callable] = None,
       rtol: allowed error relative to each leaf's largest reference entry.
       atol: allowed absolute error. Either one replaces the round-off budget.
       finite_differences: also compare with central differences in float64
-        (``Report.finite_difference``): a third opinion at kinks.
+        (``Report.finite_difference``): a third opinion at kinks. Costs two
+        batch-loss evaluations per parameter: for small networks.
 
     Returns:
       A ``Report``: ``ok``, ``first_bad_layer``, ``suspect``, a row per leaf.
@@ -232,7 +233,13 @@ def _call(fn, params, X, Y, net, what: str, *, per_example: bool, vectorized: bo
         notes.append(f"{what} does not run under jax.vmap ({type(e).__name__}: {first}); "
                      f"it was called one example at a time")
     else:
-        layers, dtypes = _as_layers(out, net, (B,), what)
+        try:
+            layers, dtypes = _as_layers(out, net, (B,), what)
+        except BackpropError as e:
+            if per_example and not vectorized:
+                raise BackpropError(f"{e}. (If {what} takes a whole batch and returns the mean "
+                                    f"gradient, pass batched=True.)") from e
+            raise
         return layers, dtypes, notes
     outs, dtypes = [], set()
     for b in range(B):
@@ -264,9 +271,9 @@ def _call_batch(fn, params, X, Y, net, what):
 
 # ------------------------------------------------------------ the comparison
 
-def _budget(observed, scale, ref, rtol, atol):
+def _budget(observed, scale, floor_scale, ref, rtol, atol):
     if rtol is None and atol is None:
-        return roundoff_budget(observed, scale, ref.dtype, ref.net.num_layers)
+        return roundoff_budget(observed, floor_scale, ref.dtype, ref.net.num_layers)
     return (atol or 0.0) + (rtol or 0.0) * scale
 
 
@@ -293,7 +300,12 @@ def _rows(ref, user, truth, roundoff, rtol, atol, *, per_example):
     for l in range(ref.net.num_layers, 0, -1):
         for k, name in enumerate(("W", "W0")):
             want = truth[l - 1][k]
-            budget = _budget(roundoff[l - 1][k], _max_abs(want), ref, rtol, atol)
+            scale = _max_abs(want)
+            # The round-off floor scales with what was summed: for the batch mean that is
+            # mean_b |g_b| (≥ |mean_b g_b|, which may cancel to round-off).
+            floor_scale = scale if per_example else max(
+                scale, _max_abs(np.mean(np.abs(ref.grads[l - 1][k]), axis=0)))
+            budget = _budget(roundoff[l - 1][k], scale, floor_scale, ref, rtol, atol)
             rows.append(_row(l, name, user[l - 1][k], want, budget, per_example=per_example))
     return tuple(rows)
 
@@ -429,7 +441,7 @@ def _delta_suspect(ref, user, l):
         # round-off in ‖e‖: about √(B n) entries of jaxbp's own error in your dtype
         noise = math.sqrt(e.size) * ref.roundoff[l - 1][1] / max(np.linalg.norm(e), 1e-300)
         suspect, ambiguous, candidates, notes, evidence = _localize.activation_or_link(
-            e, D, ref.params64[l][0], z, a, fprime, vjp, noise)
+            e, D, ref.params64[l][0], z, a, fprime, vjp, noise, layer=l)
     return suspect, ambiguous, tuple(candidates), list(notes), evidence
 
 

@@ -81,8 +81,9 @@ def test_console_script_help_and_exit_code():
     out = subprocess.run([script, "selftest", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "--configs" in out.stdout
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([script, "verify", "tests._user_backprops:tanh_softmax_nll_wrong_derivative",
-                          *NET], capture_output=True, text=True, cwd=ROOT, env=env)
+    target = "tests._user_backprops:tanh_softmax_nll_wrong_derivative"
+    out = subprocess.run([script, "verify", target, *NET], capture_output=True, text=True,
+                         cwd=ROOT, env=env)
     assert out.returncode == 1 and "layer 1, suspect: activation" in out.stdout
 
 
