@@ -278,6 +278,7 @@ def _budget(observed, scale, floor_scale, ref, rtol, atol):
 
 
 def _row(layer, name, got, want, budget_abs, *, per_example: bool) -> Row:
+    """One table row; with per_example the leading axis indexes examples (or trials)."""
     diff = np.abs(got - want)
     scale = _max_abs(want)
     bad = ~np.isfinite(got)
@@ -285,8 +286,9 @@ def _row(layer, name, got, want, budget_abs, *, per_example: bool) -> Row:
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
         err = rel = math.inf
     else:
-        idx = tuple(int(i) for i in np.unravel_index(np.argmax(diff), diff.shape))
-        err = float(diff[idx])
+        idx = tuple(int(i) for i in np.unravel_index(np.argmax(diff), diff.shape)) \
+            if diff.size else (0,) * max(diff.ndim, 1)
+        err = float(diff[idx]) if diff.size else 0.0
         rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
     example, entry = (idx[0], idx[1:]) if per_example else (None, idx)
     budget = budget_abs / scale if scale > 0 else (math.inf if budget_abs > 0 else 0.0)

@@ -12,16 +12,15 @@ of anything built on the layer uses your backward.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp._report import Report, Row
+from jaxbp._report import Report
 from jaxbp._tolerances import roundoff_budget
-from jaxbp._verify import BackpropError, _check_tolerance, _max_abs
+from jaxbp._verify import BackpropError, _check_tolerance, _max_abs, _row
 
 
 def _float_primals(primals):
@@ -129,7 +128,7 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
         scale = _max_abs(want)
         budget = (roundoff_budget(observed, scale, dtype, 1) if rtol is None and atol is None
                   else (atol or 0.0) + (rtol or 0.0) * scale)
-        rows.append(_vjp_row(name, got, want, budget))
+        rows.append(_row(None, name, got, want, budget, per_example=True))
     common = dict(rows=tuple(rows), mode="vjp", dtype=dtype.name, batch_size=trials,
                   network=getattr(forward, "__name__", repr(forward)))
     bad = [(i, r) for (i, _), r in zip(names, rows) if not r.ok]
@@ -156,23 +155,6 @@ def _leaf_names(primals):
         for path, _ in paths:
             names.append((i, f"primals[{i}]{jax.tree_util.keystr(path)}"))
     return names
-
-
-def _vjp_row(name, got, want, budget_abs) -> Row:
-    diff = np.abs(got - want)
-    scale = _max_abs(want)
-    bad = ~np.isfinite(got)
-    if np.any(bad):
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        err = rel = math.inf
-    else:
-        idx = tuple(int(i) for i in np.unravel_index(np.argmax(diff), diff.shape)) \
-            if diff.size else (0,)
-        err = float(diff[idx]) if diff.size else 0.0
-        rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
-    budget = budget_abs / scale if scale > 0 else (math.inf if budget_abs > 0 else 0.0)
-    return Row(None, name, tuple(want.shape[1:]), err, rel, budget, budget_abs, scale,
-               idx[0], idx[1:], bool(err <= budget_abs), bool(np.any(bad)))
 
 
 def custom_vjp(forward: Callable, backward: Callable) -> Callable:
