@@ -25,16 +25,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.x64:
         jax.config.update("jax_enable_x64", True)
-    import jaxbp
     from jaxbp._tolerances import relative_error, rtol_for
+    from jaxbp.cli import network_from_args
 
-    sizes = tuple(int(s) for s in args.sizes.split(","))
-    net = jaxbp.Network(sizes=sizes, activations=tuple(args.activations.split(",")),
-                        loss=args.loss)
+    net = network_from_args(args)
     dtype = jnp.float64 if args.x64 else jnp.float32
     kp, kx, ky = jax.random.split(jax.random.key(args.seed), 3)
     params = net.init(kp, dtype=dtype)
-    X = jax.random.normal(kx, (args.batch, sizes[0]), dtype)
+    X = jax.random.normal(kx, (args.batch, net.sizes[0]), dtype)
     Y = _random_targets(net, ky, args.batch, dtype)
 
     manual = jax.jit(net.grad)(params, X, Y)

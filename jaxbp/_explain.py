@@ -308,13 +308,9 @@ def run(args: argparse.Namespace) -> int:
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     from jaxbp._demo import _random_targets
-    from jaxbp._network import Network
+    from jaxbp.cli import network_from_args
 
-    try:
-        sizes = tuple(int(s) for s in args.sizes.split(","))
-    except ValueError:
-        raise ValueError(f"--sizes: expected comma-separated ints, got {args.sizes!r}") from None
-    net = Network(sizes=sizes, activations=tuple(args.activations.split(",")), loss=args.loss)
+    net = network_from_args(args)
     _chain.check_layer(net, args.layer)
     params = x = y = None
     if args.seed is not None or args.x is not None or args.y is not None:
@@ -322,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
         kp, kx, ky = jax.random.split(jax.random.key(args.seed or 0), 3)
         params = net.init(kp, dtype=dtype)
         x = (jnp.asarray(_floats("x", args.x), dtype) if args.x is not None
-             else jax.random.normal(kx, (sizes[0],), dtype))
+             else jax.random.normal(kx, (net.sizes[0],), dtype))
         y = (jnp.asarray(_floats("y", args.y), dtype) if args.y is not None
              else _random_targets(net, ky, 1, dtype)[0])
     print(explain(net, layer=args.layer, params=params, x=x, y=y,

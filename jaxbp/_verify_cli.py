@@ -107,15 +107,11 @@ def run(args: argparse.Namespace) -> int:
     import jaxbp
     from jaxbp._selftest import random_problem
     from jaxbp._verify import BackpropError
+    from jaxbp.cli import network_from_args
 
-    try:
-        sizes = tuple(int(s) for s in args.sizes.split(","))
-    except ValueError as e:
-        raise ValueError(f"--sizes: expected comma-separated ints, got {args.sizes!r}") from e
     if args.batch < 1:
         raise ValueError(f"--batch: expected a positive number, got {args.batch}")
-    net = jaxbp.Network(sizes=sizes, activations=tuple(args.activations.split(",")),
-                        loss=args.loss)
+    net = network_from_args(args)
     fn = _bind_net(load_function(args.target), net)
     params, X, Y = random_problem(net, args.seed, args.batch, jnp.dtype(args.dtype))
     try:

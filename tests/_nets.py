@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import strategies as st
 
 import jaxbp
-from jaxbp._demo import _random_targets
+from jaxbp._selftest import random_problem
 from jaxbp._tolerances import tree_relative_error
 
 ACTIVATION_NAMES = tuple(jaxbp.ACTIVATIONS)
@@ -35,16 +35,8 @@ def networks(draw, max_depth=5, max_width=6):
     return jaxbp.Network(sizes=tuple(sizes), activations=(*hidden, last), loss=loss)
 
 
-def make_problem(net, seed, batch, dtype):
-    """Params with random (nonzero) biases, inputs and valid targets."""
-    kp, kb, kx, ky = jax.random.split(jax.random.key(seed), 4)
-    params = net.init(kp, dtype=dtype)
-    bias_keys = jax.random.split(kb, net.num_layers)
-    params = tuple(jaxbp.Dense(p.W, 0.3 * jax.random.normal(k, p.W0.shape, dtype))
-                   for p, k in zip(params, bias_keys))
-    X = jax.random.normal(kx, (batch, net.sizes[0]), dtype)
-    Y = _random_targets(net, ky, batch, dtype)
-    return params, X, Y
+# Params with random (nonzero) biases, inputs and valid targets: the selftest's generator.
+make_problem = random_problem
 
 
 def assert_close(got, want, rtol):
