@@ -54,6 +54,14 @@ def random_network(rng: np.random.Generator):
         sizes = [int(rng.choice(WIDTHS[1:]))] * (depth + 1)
     else:
         sizes = [int(rng.choice(WIDTHS)) for _ in range(depth + 1)]
+    return make_network(sizes, hidden, last, loss)
+
+
+def make_network(sizes, hidden, last, loss):
+    """A Network with the output width fitted to the loss (hinge: 1 unit, nll: at least 2)."""
+    import jaxbp
+
+    sizes = list(sizes)
     if loss == "hinge":
         sizes[-1] = 1
     if loss == "nll":

@@ -6,18 +6,12 @@ import numpy as np
 from hypothesis import strategies as st
 
 import jaxbp
-from jaxbp._selftest import random_problem
+# Last activations that make sense for each loss, and the net and data generators,
+# are the selftest's.
+from jaxbp._selftest import LAST_ACTIVATIONS, make_network, random_problem
 from jaxbp._tolerances import tree_relative_error
 
 ACTIVATION_NAMES = tuple(jaxbp.ACTIVATIONS)
-
-# Last activations that make sense for each loss.
-LAST_ACTIVATIONS = {
-    "squared": ACTIVATION_NAMES,
-    "hinge": ("identity", "tanh"),
-    "binary_nll": ("sigmoid",),
-    "nll": ("softmax",),
-}
 
 
 @st.composite
@@ -28,11 +22,7 @@ def networks(draw, max_depth=5, max_width=6):
                            max_size=depth - 1))
     last = draw(st.sampled_from(LAST_ACTIVATIONS[loss]))
     sizes = draw(st.lists(st.integers(1, max_width), min_size=depth + 1, max_size=depth + 1))
-    if loss == "hinge":
-        sizes[-1] = 1
-    if loss == "nll":
-        sizes[-1] = max(sizes[-1], 2)
-    return jaxbp.Network(sizes=tuple(sizes), activations=(*hidden, last), loss=loss)
+    return make_network(sizes, hidden, last, loss)
 
 
 # Params with random (nonzero) biases, inputs and valid targets: the selftest's generator.

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxbp
+from jaxbp._selftest import make_network
 from jaxbp._tolerances import relative_error, rtol_for
 
 TOL = rtol_for(jnp.float64)  # 1e-10
@@ -136,11 +137,7 @@ def wide_networks(draw):
     hidden = draw(st.lists(st.sampled_from(NAMES), min_size=depth - 1, max_size=depth - 1))
     last = draw(st.sampled_from(last_ok(loss)))
     sizes = draw(st.lists(st.integers(1, 4), min_size=depth + 1, max_size=depth + 1))
-    if loss == "hinge":
-        sizes[-1] = 1
-    if loss == "nll":
-        sizes[-1] = max(sizes[-1], 2)
-    return jaxbp.Network(sizes=tuple(sizes), activations=(*hidden, last), loss=loss)
+    return make_network(sizes, hidden, last, loss)
 
 
 @settings(max_examples=15)
