@@ -1,0 +1,15 @@
+"""``jaxbp.nn``: modules with hand-written backward passes, and models built from them.
+
+A module is a NamedTuple of pure functions (``init``, ``forward``, ``backward``);
+``Sequential`` chains them with a loss and runs the notes' chain module by module.
+"""
+
+from jaxbp.nn._module import Module
+from jaxbp.nn._linear import Linear
+from jaxbp.nn._activation import Activation
+
+__all__ = [
+    "Activation",
+    "Linear",
+    "Module",
+]
