@@ -7,9 +7,12 @@ A module is a NamedTuple of pure functions (``init``, ``forward``, ``backward``)
 from jaxbp.nn._module import Module
 from jaxbp.nn._linear import Linear
 from jaxbp.nn._activation import Activation
+from jaxbp.nn._attention import Attention, SelfAttention
 
 __all__ = [
     "Activation",
+    "Attention",
     "Linear",
     "Module",
+    "SelfAttention",
 ]
