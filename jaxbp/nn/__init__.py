@@ -7,12 +7,22 @@ A module is a NamedTuple of pure functions (``init``, ``forward``, ``backward``)
 from jaxbp.nn._module import Module
 from jaxbp.nn._linear import Linear
 from jaxbp.nn._activation import Activation
+from jaxbp.nn._norm import BatchNorm, LayerNorm, Norm, NormResiduals
+from jaxbp.nn._embedding import Embedding, EmbeddingTable
+from jaxbp.nn._dropout import Dropout
 from jaxbp.nn._attention import Attention, SelfAttention
 
 __all__ = [
     "Activation",
+    "BatchNorm",
+    "Dropout",
+    "Embedding",
+    "EmbeddingTable",
+    "LayerNorm",
     "Attention",
     "Linear",
     "Module",
+    "Norm",
+    "NormResiduals",
     "SelfAttention",
 ]
