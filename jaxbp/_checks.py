@@ -121,17 +121,22 @@ def check_y(name: str, y: Any, n: int, loss, *, batched: bool, batch_size: int |
         raise TypeError(f"{name}: expected a numeric array, got dtype {y.dtype}")
     y = y.astype(dtype)
     if is_concrete(y):
-        v = np.asarray(y)
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"{name}: contains NaN or inf")
-        if loss.name == "nll":
-            if not (np.all((v == 0) | (v == 1)) and np.all(v.sum(-1) == 1)):
-                raise ValueError(f"{name}: loss 'nll' needs one-hot targets (one 1 per row)")
-        elif loss.name == "binary_nll":
-            if not np.all((v >= 0) & (v <= 1)):
-                raise ValueError(f"{name}: loss 'binary_nll' needs targets in [0, 1] "
-                                 f"(labels in {{0, 1}})")
-        elif loss.name == "hinge":
-            if not np.all(np.abs(v) == 1):
-                raise ValueError(f"{name}: loss 'hinge' needs targets in {{-1, +1}}")
+        check_target_values(name, y, loss)
     return y
+
+
+def check_target_values(name: str, y: Any, loss) -> None:
+    """Checks concrete targets (any shape, classes on the last axis) against the loss."""
+    v = np.asarray(y)
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"{name}: contains NaN or inf")
+    if loss.name == "nll":
+        if not (np.all((v == 0) | (v == 1)) and np.all(v.sum(-1) == 1)):
+            raise ValueError(f"{name}: loss 'nll' needs one-hot targets (one 1 per row)")
+    elif loss.name == "binary_nll":
+        if not np.all((v >= 0) & (v <= 1)):
+            raise ValueError(f"{name}: loss 'binary_nll' needs targets in [0, 1] "
+                             f"(labels in {{0, 1}})")
+    elif loss.name == "hinge":
+        if not np.all(np.abs(v) == 1):
+            raise ValueError(f"{name}: loss 'hinge' needs targets in {{-1, +1}}")

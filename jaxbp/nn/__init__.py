@@ -11,6 +11,8 @@ from jaxbp.nn._norm import BatchNorm, LayerNorm, Norm, NormResiduals
 from jaxbp.nn._embedding import Embedding, EmbeddingTable
 from jaxbp.nn._dropout import Dropout
 from jaxbp.nn._attention import Attention, SelfAttention
+from jaxbp.nn._compose import Residual
+from jaxbp.nn._sequential import Sequential
 
 __all__ = [
     "Activation",
@@ -24,5 +26,7 @@ __all__ = [
     "Module",
     "Norm",
     "NormResiduals",
+    "Residual",
     "SelfAttention",
+    "Sequential",
 ]
