@@ -142,6 +142,45 @@ class Report:
         """``json.dumps(self.to_dict())``; keyword arguments go to ``json.dumps``."""
         return json.dumps(self.to_dict(), **kwargs)
 
+    def _view(self):
+        """The report in the views' row protocol (``jaxbp._report_view``)."""
+        from jaxbp import _report_view
+
+        lines = str(self).splitlines()
+        n_head = 2 if self.ok else 3  # verdict, (explanation,) network line
+        unit = "module" if self.mode in ("model", "module") else "layer"
+        rows = tuple(_report_view.ViewRow(
+            label=(r.parameter if r.layer is None else f"{unit} {r.layer} {r.parameter}"),
+            max_rel_error=r.max_rel_error, budget=r.budget,
+            status="NONFINITE" if r.nonfinite else ("ok" if r.ok else "WRONG"),
+            cells=(("max abs err", _fmt(r.max_abs_error)),
+                   ("worst ex", "-" if r.worst_example is None else str(r.worst_example)),
+                   ("worst entry", str(tuple(r.worst_entry)))))
+            for r in self.rows)
+        tail = lines[n_head + 1 + len(self.rows):]  # finite differences, notes
+        details = tuple(line.strip() for line in lines[1:n_head] + tail)
+        return _report_view.View(self.ok, lines[0], details, rows)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the verdict, then the table with rows coloured by status."""
+        from jaxbp import _report_view
+
+        return _report_view.html_table(self._view())
+
+    def plot(self, *, title: Optional[str] = None):
+        """Relative error per row against its budget, log scale, first bad row marked.
+
+        Args:
+          title: the axes' title (default: the verdict).
+
+        Returns:
+          A ``matplotlib.figure.Figure`` (built without pyplot; display it in
+          a notebook or call ``fig.savefig(path)``). Needs matplotlib.
+        """
+        from jaxbp import _report_view
+
+        return _report_view.plot(self._view(), title=title)
+
     def __str__(self) -> str:
         lines = []
         what = "jaxbp.check_vjp" if self.mode == "vjp" else "jaxbp.verify"

@@ -1,0 +1,184 @@
+"""Reports in notebooks and on pages: an HTML table and a matplotlib figure.
+
+Written once for every report type over a tiny row protocol: a report gives
+``_view()`` -> ``View(ok, verdict, details, rows)``, each row a ``ViewRow``
+(``label``, ``max_rel_error``, ``budget``, ``status``, extra ``cells``). Then
+
+* ``html_table(view)`` is the verdict and a ``<table>`` with one ``<tr>`` per
+  row, coloured by status (``_repr_html_`` in Jupyter);
+* ``plot(view)`` is a ``matplotlib.figure.Figure``: per row the relative error
+  as a bar against its budget (a black tick), on a log scale, the first bad row
+  marked. matplotlib is optional and imported only here, inside ``plot``;
+* ``page(view)`` is a standalone HTML page with both, the figure embedded as a
+  base64 PNG ``data:`` URI, so it opens with no network access.
+
+The figure is built with ``matplotlib.figure.Figure`` (no pyplot state), so it
+works under any backend, Agg included, and in threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from typing import NamedTuple, Optional, Sequence
+
+STATUS_COLOURS = {"ok": "#d9f2d9", "WRONG": "#f8d0d0", "NONFINITE": "#e6d0f5"}
+_BAR_COLOURS = {"ok": "#3a9d3a", "WRONG": "#d03030", "NONFINITE": "#8a3fc0"}
+
+
+class ViewRow(NamedTuple):
+    """One row of a report as the views see it.
+
+    Attributes:
+      label: what the row compares (e.g. "layer 2 W", "primals[0]").
+      max_rel_error: the largest relative error (inf or NaN allowed).
+      budget: the allowed relative error.
+      status: "ok", "WRONG" or "NONFINITE".
+      cells: extra ``(column, text)`` pairs shown in the table only.
+    """
+
+    label: str
+    max_rel_error: float
+    budget: float
+    status: str
+    cells: tuple = ()
+
+    @property
+    def ok(self) -> bool:
+        """Whether the row passed."""
+        return self.status == "ok"
+
+
+class View(NamedTuple):
+    """A report as the views see it: the verdict, detail lines and rows."""
+
+    ok: bool
+    verdict: str
+    details: tuple
+    rows: Sequence[ViewRow]
+
+
+def first_bad(rows: Sequence[ViewRow]) -> Optional[int]:
+    """Index of the first row that failed, in the report's order; None if all passed."""
+    return next((i for i, r in enumerate(rows) if not r.ok), None)
+
+
+def fmt(x: Optional[float]) -> str:
+    """A number for the table: 3 significant digits, "inf", "nan" or "-"."""
+    if x is None:
+        return "-"
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf"
+    return f"{x:.2e}"
+
+
+def html_table(view: View) -> str:
+    """The verdict, then one table row per ``ViewRow``, coloured by status."""
+    e = html.escape
+    colour = "#1d6b1d" if view.ok else "#a01010"
+    parts = ['<div class="jaxbp-report">',
+             f'<p class="jaxbp-verdict" style="font-weight:bold;color:{colour}">'
+             f"{e(view.verdict)}</p>"]
+    for line in view.details:
+        parts.append(f'<p class="jaxbp-detail" style="margin:0.2em 0">{e(line)}</p>')
+    extra = [name for name, _ in view.rows[0].cells] if view.rows else []
+    head = ["", "row", "max rel err", "budget", *extra, "status"]
+    parts.append('<table class="jaxbp-table" style="border-collapse:collapse">')
+    parts.append("<thead><tr>" + "".join(
+        f'<th style="padding:2px 8px;text-align:left">{e(h)}</th>' for h in head)
+        + "</tr></thead><tbody>")
+    bad = first_bad(view.rows)
+    for i, r in enumerate(view.rows):
+        mark = "first bad" if i == bad else ""
+        cells = [mark, r.label, fmt(r.max_rel_error), fmt(r.budget),
+                 *(text for _, text in r.cells), r.status]
+        bg = STATUS_COLOURS.get(r.status, "#ffffff")
+        parts.append(f'<tr class="jaxbp-row jaxbp-{e(r.status.lower())}" '
+                     f'style="background:{bg}">' + "".join(
+                         f'<td style="padding:2px 8px">{e(str(c))}</td>' for c in cells)
+                     + "</tr>")
+    parts.append("</tbody></table></div>")
+    return "\n".join(parts)
+
+
+def _bar_end(x: Optional[float], low: float, high: float) -> float:
+    """Where a row's bar ends: 0 at the floor, inf or NaN at the ceiling."""
+    if x is None or not math.isfinite(x):
+        return high
+    return min(max(x, low), high)
+
+
+def plot(view: View, *, title: Optional[str] = None):
+    """A matplotlib ``Figure``: relative error per row against its budget, log scale.
+
+    Bars are the rows' max relative errors (coloured by status), black ticks
+    their budgets. A zero error is drawn at the axis floor; inf or NaN at the
+    axis ceiling, labelled. The first bad row's label reads "first bad: ..."
+    (bold) and its bar is outlined.
+
+    Raises:
+      ImportError: matplotlib is not installed (``pip install matplotlib``).
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as e:  # optional dependency
+        raise ImportError("report.plot() needs matplotlib: pip install matplotlib") from e
+    rows = list(view.rows)
+    values = [r.max_rel_error for r in rows] + [r.budget for r in rows]
+    positive = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    low = min(positive) / 10 if positive else 1e-17
+    high = max(positive) * 10 if positive else 1.0
+    fig = Figure(figsize=(7, 1 + 0.4 * max(len(rows), 1)), layout="constrained")
+    ax = fig.subplots()
+    ys = list(range(len(rows)))
+    ends = [_bar_end(r.max_rel_error, low, high) for r in rows]
+    ax.barh(ys, [end - low for end in ends], left=low, color=[_BAR_COLOURS.get(r.status, "gray") for r in rows],
+            height=0.6)
+    ax.scatter([_bar_end(r.budget, low, high) for r in rows], ys, marker="|", s=400,
+               color="black", label="budget", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlim(low, high)
+    bad = first_bad(rows)
+    ax.set_yticks(ys, [("first bad: " if i == bad else "") + r.label
+                       for i, r in enumerate(rows)])
+    ax.invert_yaxis()  # the report's order, top to bottom
+    for y, r in zip(ys, rows):
+        if r.max_rel_error is not None and not math.isfinite(r.max_rel_error):
+            ax.annotate(fmt(r.max_rel_error), (high, y), xytext=(-4, 0),
+                        textcoords="offset points", ha="right", va="center")
+    if bad is not None:
+        label = ax.get_yticklabels()[bad]
+        label.set_fontweight("bold")
+        label.set_color(_BAR_COLOURS["WRONG"])
+        ax.patches[bad].set(edgecolor="black", linewidth=2)
+    ax.set_xlabel("max relative error (bars) and budget (ticks)")
+    ax.set_title(title or view.verdict, fontsize="small", loc="left")
+    return fig
+
+
+def png_data_uri(fig) -> str:
+    """The figure as a ``data:image/png;base64,...`` URI (no file, no network)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def page(view: View, *, title: str = "jaxbp report") -> str:
+    """A standalone HTML page: the table and the plot (embedded PNG), no links.
+
+    Without matplotlib the page has the table and a note instead of the plot.
+    """
+    try:
+        figure = (f'<img alt="relative error per row against its budget" '
+                  f'src="{png_data_uri(plot(view))}">')
+    except ImportError:
+        figure = "<p>(install matplotlib for the plot)</p>"
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title>", "</head>",
+        '<body style="font-family:sans-serif">', f"<h1>{html.escape(title)}</h1>",
+        html_table(view), figure, "</body>", "</html>", ""])

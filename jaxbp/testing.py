@@ -1,0 +1,100 @@
+"""pytest assertions: a wrong backward pass fails the test with the report as the message.
+
+Each ``assert_*`` runs the matching jaxbp check and returns its report when
+every value agrees with the reference within budget; otherwise it raises
+``AssertionError`` whose message is the report: the verdict, the first bad
+layer (or primal), the suspect factor and the table, the way
+``numpy.testing.assert_allclose`` and chex assertions read in a pytest failure.
+jaxbp's frames are hidden from pytest's traceback (``__tracebackhide__``).
+
+Import it explicitly in your tests::
+
+    import jaxbp.testing
+
+    def test_my_backprop():
+        jaxbp.testing.assert_backprop(net, params, X, Y, backprop=my_backprop)
+
+A backprop that raises or returns the wrong structure or shapes
+(``jaxbp.BackpropError``) also fails the assertion, with that message;
+mistakes in the call itself (a wrong argument type) raise as usual.
+
+This module uses only jaxbp's public functions, looked up when called.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jaxbp
+
+__all__ = ["assert_backprop", "assert_vjp"]
+
+
+def _check(name: str, check: Callable, *args, **kwargs):
+    __tracebackhide__ = True
+    try:
+        report = check(*args, **kwargs)
+    except jaxbp.BackpropError as e:
+        raise AssertionError(f"{name}: your backward pass failed to run:\n{e}") from e
+    if not report.ok:
+        raise AssertionError(f"{name}: gradients disagree with the reference\n{report}")
+    return report
+
+
+def assert_backprop(net_or_model, params, X, Y, **verify_kwargs):
+    """Asserts that a hand-written backprop agrees with ``jax.grad`` (``jaxbp.verify``).
+
+    Args:
+      net_or_model: what ``jaxbp.verify`` takes first (a ``jaxbp.Network``).
+      params: its parameters.
+      X: inputs, shape (B, m^1).
+      Y: targets, shape (B, n^L).
+      **verify_kwargs: passed to ``jaxbp.verify`` (``backprop=``,
+        ``batched=``, ``rtol=``, ``atol=``, ...).
+
+    Returns:
+      The ``jaxbp.Report``, when every leaf is within budget.
+
+    Raises:
+      AssertionError: a leaf is wrong (or NaN/inf), or your backprop raised or
+        returned the wrong shapes; the message is the report.
+
+    Example:
+      >>> import jax, jaxbp, jaxbp.testing
+      >>> net = jaxbp.Network(sizes=(3, 4, 2), activations=("tanh", "softmax"), loss="nll")
+      >>> params = net.init(jax.random.key(0))
+      >>> X = jax.random.normal(jax.random.key(1), (8, 3))
+      >>> Y = jax.nn.one_hot(jax.numpy.arange(8) % 2, 2)
+      >>> jaxbp.testing.assert_backprop(net, params, X, Y, backprop=net.backprop).ok
+      True
+    """
+    __tracebackhide__ = True
+    return _check("assert_backprop", jaxbp.verify, net_or_model, params, X, Y,
+                  **verify_kwargs)
+
+
+def assert_vjp(forward: Callable, backward: Callable, *primals, **kwargs):
+    """Asserts that a layer's backward agrees with ``jax.vjp`` (``jaxbp.check_vjp``).
+
+    Args:
+      forward: (*primals) -> y.
+      backward: (*primals, dy) -> one cotangent per primal.
+      *primals: the point to check at.
+      **kwargs: passed to ``jaxbp.check_vjp`` (``key=``, ``trials=``,
+        ``rtol=``, ``atol=``).
+
+    Returns:
+      The ``jaxbp.Report`` (mode "vjp"), when every cotangent is within budget.
+
+    Raises:
+      AssertionError: a cotangent is wrong (or NaN/inf), or ``backward`` raised
+        or returned the wrong shapes; the message is the report.
+
+    Example:
+      >>> import jax.numpy as jnp, jaxbp.testing
+      >>> backward = lambda x, dy: dy * (1 - jnp.tanh(x) ** 2)
+      >>> jaxbp.testing.assert_vjp(jnp.tanh, backward, jnp.linspace(-1.0, 1.0, 5)).ok
+      True
+    """
+    __tracebackhide__ = True
+    return _check("assert_vjp", jaxbp.check_vjp, forward, backward, *primals, **kwargs)
