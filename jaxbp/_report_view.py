@@ -170,13 +170,16 @@ def png_data_uri(fig) -> str:
 def page(view: View, *, title: str = "jaxbp report") -> str:
     """A standalone HTML page: the table and the plot (embedded PNG), no links.
 
-    Without matplotlib the page has the table and a note instead of the plot.
+    Without matplotlib the page has the table and a note instead of the plot;
+    a view with no rows (nothing could be compared) has no plot.
     """
-    try:
-        figure = (f'<img alt="relative error per row against its budget" '
-                  f'src="{png_data_uri(plot(view))}">')
-    except ImportError:
-        figure = "<p>(install matplotlib for the plot)</p>"
+    figure = ""
+    if view.rows:
+        try:
+            figure = (f'<img alt="relative error per row against its budget" '
+                      f'src="{png_data_uri(plot(view))}">')
+        except ImportError:
+            figure = "<p>(install matplotlib for the plot)</p>"
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         f"<title>{html.escape(title)}</title>", "</head>",

@@ -49,6 +49,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--finite-differences", action="store_true",
                    help="also compare with central differences (a third opinion)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--html", metavar="FILE",
+                   help="also write the report as a standalone HTML page (table and plot, "
+                        "the plot embedded; opens with no network access)")
     p.set_defaults(func=run)
 
 
@@ -119,10 +122,33 @@ def run(args: argparse.Namespace) -> int:
                               rtol=args.rtol, atol=args.atol,
                               finite_differences=args.finite_differences)
     except BackpropError as e:
+        if args.html:
+            _write_html(args.html, _error_page(str(e), args.target))
         if args.json:
             print(json.dumps({"ok": False, "error": str(e)}))
         else:
             print(f"jaxbp verify: WRONG — {e}")
         return 1
+    if args.html:
+        from jaxbp import _report_view
+
+        _write_html(args.html, _report_view.page(report._view(),
+                                                 title=f"jaxbp verify {args.target}"))
     print(report.to_json(indent=2) if args.json else str(report))
     return 0 if report.ok else 1
+
+
+def _error_page(message: str, target: str) -> str:
+    """A standalone page for a backprop that could not be compared (it raised)."""
+    from jaxbp import _report_view
+
+    view = _report_view.View(False, f"jaxbp verify: WRONG — {message}", (), ())
+    return _report_view.page(view, title=f"jaxbp verify {target}")
+
+
+def _write_html(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise ValueError(f"--html: cannot write {path!r}: {e}") from e
