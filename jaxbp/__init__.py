@@ -4,14 +4,17 @@ from jaxbp._activations import ACTIVATIONS, Activation, get_activation
 from jaxbp._chain import Factor, chain, contract
 from jaxbp._explain import explain
 from jaxbp._finite_difference import finite_difference_grad
+from jaxbp._intermediates import check_intermediates, intermediates
+from jaxbp._intermediates_report import IntermediateRow, IntermediatesReport
 from jaxbp._losses import LOSSES, Loss, get_loss
 from jaxbp._mutants import MUTANTS, Mutant
 from jaxbp._network import Dense, Network, Trace
 from jaxbp._report import Report, Row
 from jaxbp._train import batch_mesh, make_step, replicate, shard_batch
 from jaxbp._verify import BackpropError, verify
+from jaxbp._verify_nn import check_module
 from jaxbp._vjp import check_vjp, custom_vjp
-from jaxbp import datasets
+from jaxbp import datasets, nn
 
 __version__ = "0.1.0"
 
@@ -21,6 +24,8 @@ __all__ = [
     "BackpropError",
     "Dense",
     "Factor",
+    "IntermediateRow",
+    "IntermediatesReport",
     "LOSSES",
     "Loss",
     "MUTANTS",
@@ -31,6 +36,8 @@ __all__ = [
     "Trace",
     "batch_mesh",
     "chain",
+    "check_module",
+    "check_intermediates",
     "check_vjp",
     "contract",
     "custom_vjp",
@@ -39,7 +46,9 @@ __all__ = [
     "finite_difference_grad",
     "get_activation",
     "get_loss",
+    "intermediates",
     "make_step",
+    "nn",
     "replicate",
     "shard_batch",
     "verify",

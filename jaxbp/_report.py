@@ -18,7 +18,8 @@ import json
 import math
 from typing import Any, Optional
 
-SUSPECTS = ("loss", "activation", "link", "weight", "bias", "batch", "nonfinite", "backward")
+SUSPECTS = ("loss", "activation", "link", "weight", "bias", "batch", "nonfinite", "backward",
+            "input", "param")
 
 _EXPLAIN = {
     "loss": "∂L/∂z^{l} is wrong at the top layer: check the loss factor ∂L/∂a^L times the last "
@@ -36,6 +37,15 @@ _EXPLAIN = {
              "layer {l}): the batch gradient is the mean (1/B) Σ_b of the per-example ones.",
     "nonfinite": "NaN or inf in your gradient of layer {l}.",
     "backward": "the cotangent of primal {primal} is wrong.",
+    "input": "module {l} ({module}) received a right ∂L/∂output but returned a wrong ∂L/∂input: "
+             "check its backward's local derivative (the input's factor).",
+    "param": "module {l} ({module}) returned a right ∂L/∂input but wrong parameter gradients: "
+             "check its backward's parameter factor (e.g. the a^{lm1} of ∂L/∂W).",
+}
+_MODULE_EXPLAIN = {
+    "loss": "the gradient entering the chain at the top (module {l}, {module}) is wrong: the "
+            "loss factor ∂L/∂a^L (fused with the last activation: (a − y)/N).",
+    "nonfinite": "NaN or inf in the gradients returned by module {l} ({module}).",
 }
 
 
@@ -96,6 +106,9 @@ class Report:
       evidence: the numbers behind the suspect (e.g. each test's misfit).
       finite_difference: with ``verify(..., finite_differences=True)``, the
         relative errors of jax.grad and of yours against central differences.
+      module: for a ``jaxbp.nn`` model (mode "model") or ``check_module``
+        (mode "module"), the name of the module at ``first_bad_layer``
+        (``first_bad_layer`` then counts modules from 1 at the input).
     """
 
     ok: bool
@@ -113,6 +126,7 @@ class Report:
     primal: Optional[int] = None
     evidence: Any = None
     finite_difference: Any = None
+    module: Optional[str] = None
 
     def __bool__(self) -> bool:
         """``if report:`` is ``if report.ok:``."""
@@ -129,8 +143,12 @@ class Report:
             return "all gradients agree with the reference within budget."
         l = self.first_bad_layer
         act = self.activations[l - 1] if l and len(self.activations) >= l else "?"
-        return _EXPLAIN[self.suspect].format(
-            l=l, l1=(l or 0) + 1, lm1=(l or 1) - 1, act=act, primal=self.primal)
+        table = _EXPLAIN
+        if self.mode in ("model", "module"):
+            table = {**_EXPLAIN, **_MODULE_EXPLAIN}
+        return table[self.suspect].format(
+            l=l, l1=(l or 0) + 1, lm1=(l or 1) - 1, act=act, primal=self.primal,
+            module=self.module)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict (inf and NaN become the strings "inf", "nan")."""
@@ -183,26 +201,28 @@ class Report:
 
     def __str__(self) -> str:
         lines = []
-        what = "jaxbp.check_vjp" if self.mode == "vjp" else "jaxbp.verify"
+        what = {"vjp": "jaxbp.check_vjp", "module": "jaxbp.check_module"}.get(self.mode,
+                                                                             "jaxbp.verify")
         if self.ok:
             lines.append(f"{what}: OK — every gradient agrees with the reference within budget")
         else:
             where = (f"primal {self.primal}" if self.mode == "vjp"
-                     else f"layer {self.first_bad_layer}")
+                     else f"module {self.first_bad_layer} ({self.module})"
+                     if self.mode in ("model", "module") else f"layer {self.first_bad_layer}")
             amb = (f" (ambiguous: {' or '.join(self.candidates)})" if self.ambiguous else "")
             lines.append(f"{what}: WRONG — {where}, suspect: {self.suspect}{amb}")
             lines.append("  " + self.explanation())
-        size = "trials" if self.mode == "vjp" else "B"
+        size = "trials" if self.mode in ("vjp", "module") else "B"
         lines.append(f"  {self.network}  dtype={self.dtype}  {size}={self.batch_size}  "
                      f"mode={self.mode}")
-        head = (f"{'layer':>5} {'param':<12} {'max abs err':>11} {'max rel err':>11} "
+        head = (f"{'module' if self.mode in ('model', 'module') else 'layer':>6} {'param':<12} {'max abs err':>11} {'max rel err':>11} "
                 f"{'budget':>9} {'worst ex':>8}  {'worst entry':<12} status")
         lines.append(head)
         for r in self.rows:
             layer = "-" if r.layer is None else str(r.layer)
             ex = "-" if r.worst_example is None else str(r.worst_example)
             status = "NONFINITE" if r.nonfinite else ("ok" if r.ok else "WRONG")
-            lines.append(f"{layer:>5} {r.parameter:<12} {_fmt(r.max_abs_error):>11} "
+            lines.append(f"{layer:>6} {r.parameter:<12} {_fmt(r.max_abs_error):>11} "
                          f"{_fmt(r.max_rel_error):>11} {_fmt(r.budget):>9} {ex:>8}  "
                          f"{str(tuple(r.worst_entry)):<12} {status}")
         if self.finite_difference:

@@ -29,6 +29,7 @@ entered:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Callable, NamedTuple, Optional
 
@@ -37,13 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import _localize
-from jaxbp._network import Network, _per_example_grads
-from jaxbp._report import Report, Row
+from jaxbp._network import Network, _forward_trace, _per_example_grads
+from jaxbp._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
+    row as _row
+from jaxbp._report import Report
+from jaxbp._verify_nn import verify_model
+from jaxbp.nn._sequential import Sequential
 from jaxbp._tolerances import ROUNDOFF_FLOOR, ROUNDOFF_SAFETY, RTOL, roundoff_budget
-
-
-class BackpropError(ValueError):
-    """The backprop under test raised, or returned something not shaped like params."""
 
 
 class _Reference(NamedTuple):
@@ -64,11 +65,17 @@ class _Reference(NamedTuple):
 
 def verify(net: Network, params, X, Y, *, backprop: Optional[Callable] = None,
            batched: bool = False, rtol: Optional[float] = None, atol: Optional[float] = None,
-           finite_differences: bool = False) -> Report:
+           finite_differences: bool = False, key: Optional[jax.Array] = None) -> Report:
     """Checks a hand-written backprop against float64 ``jax.grad`` and localizes errors.
 
+    A ``jaxbp.nn.Sequential`` model is checked module by module instead (its
+    backward is its modules' ``backward``): see ``jaxbp._verify_nn.verify_model``;
+    ``first_bad_layer`` then counts modules, ``report.module`` names the wrong one
+    and ``suspect`` is "loss", "input", "param" or "nonfinite".
+
     Args:
-      net: the ``Network`` whose loss defines the gradient.
+      net: the ``Network`` whose loss defines the gradient, or a
+        ``jaxbp.nn.Sequential`` model.
       params: tuple of ``Dense`` (float32 or float64; budgets follow this dtype).
       X: inputs, shape (B, m^1).
       Y: targets, shape (B, n^L).
@@ -99,8 +106,16 @@ def verify(net: Network, params, X, Y, *, backprop: Optional[Callable] = None,
       >>> jaxbp.verify(net, params, X, Y).ok
       True
     """
+    if isinstance(net, Sequential):
+        if backprop is not None or batched or finite_differences:
+            raise TypeError("backprop, batched, finite_differences: not for a jaxbp.nn model, "
+                            "whose backward is its modules' own backward functions")
+        return verify_model(net, params, X, Y, key=key, rtol=rtol, atol=atol)
+    if key is not None:
+        raise TypeError("key: only for jaxbp.nn models (random modules such as Dropout)")
     if not isinstance(net, Network):
-        raise TypeError(f"net: expected a jaxbp.Network, got {type(net).__name__}")
+        raise TypeError(f"net: expected a jaxbp.Network or a jaxbp.nn.Sequential, got "
+                        f"{type(net).__name__}")
     if backprop is not None and not callable(backprop):
         raise TypeError(f"backprop: expected a function (params, x, y) -> grads or None, "
                         f"got {type(backprop).__name__}")
@@ -115,16 +130,6 @@ def verify(net: Network, params, X, Y, *, backprop: Optional[Callable] = None,
     return report
 
 
-def _check_tolerance(name, value):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise TypeError(f"{name}: expected a number >= 0 or None, got {type(value).__name__}")
-    if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"{name}: expected a finite number >= 0, got {value}")
-    return float(value)
-
-
 # ----------------------------------------------------------------- reference
 
 def _to64(tree):
@@ -135,13 +140,30 @@ def _np(tree):
     return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _truth64(net: Network, params64, X64, Y64):
+    """Per-example float64 jax.grad and the forward trace, one compiled program.
+
+    One jit instead of eager ops: in a fresh process each eager op compiles on its
+    own (~90 small compiles for a 5-layer net), one program compiles once.
+    """
+    truth = jax.vmap(jax.grad(net.loss), in_axes=(None, 0, 0))(params64, X64, Y64)
+    return truth, _forward_trace(net, params64, X64)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _own_grads(net: Network, params, X, Y):
+    """jaxbp's own per-example backprop in your dtype, and its batch mean (round-off runs)."""
+    per = _per_example_grads(net, params, X, Y)  # ((B, m, n), (B, n)) per layer
+    return per, tuple((jnp.mean(g.W, axis=0), jnp.mean(g.W0, axis=0)) for g in per)
+
+
 def reference(net: Network, params, X, Y) -> _Reference:
     """The float64 jax.grad truth and the round-off baseline (validated inputs)."""
     dtype = np.dtype(params[0].W.dtype)
     with jax.enable_x64(True):
         p64, X64, Y64 = _to64(tuple(params)), _to64(X), _to64(Y)
-        truth = jax.vmap(jax.grad(net.loss), in_axes=(None, 0, 0))(p64, X64, Y64)
-        trace = net.forward_trace(p64, X64)
+        truth, trace = _truth64(net, p64, X64, Y64)
         grads = tuple((np.asarray(g.W), np.asarray(g.W0)) for g in truth)
         z, a = _np(trace.z), _np(trace.a)
         params64 = tuple((np.asarray(p.W), np.asarray(p.W0)) for p in p64)
@@ -151,23 +173,16 @@ def reference(net: Network, params, X, Y) -> _Reference:
                 f"the float64 reference gradient (jax.grad of net.loss) of layer {l} has NaN or "
                 "inf on these inputs; nothing can be verified against it (check the scale of "
                 "params and X)")
-    # jaxbp's own per-example backprop, un-jitted (one compile per network would cost
-    # more than it saves), in your dtype: the round-off of a correct computation.
-    lib = _per_example_grads.__wrapped__(net, tuple(params), X, Y)
+    # jaxbp's own backprop in your dtype: the round-off of a correct computation.
+    lib, lib_means = _own_grads(net, tuple(params), X, Y)
     roundoff, mean_roundoff = [], []
-    for g, (tW, tW0) in zip(lib, grads):
+    for g, means, (tW, tW0) in zip(lib, lib_means, grads):
         pairs = ((np.asarray(g.W, np.float64), tW), (np.asarray(g.W0, np.float64), tW0))
         roundoff.append(tuple(_max_abs(u - t) for u, t in pairs))
-        means = (jnp.mean(g.W, axis=0), jnp.mean(g.W0, axis=0))
         mean_roundoff.append(tuple(_max_abs(np.asarray(m, np.float64) - t.mean(axis=0))
                                    for m, (_, t) in zip(means, pairs)))
     return _Reference(net, tuple(params), X, Y, dtype, params64, z, a, grads,
                       tuple(roundoff), tuple(mean_roundoff))
-
-
-def _max_abs(x) -> float:
-    x = np.abs(x)
-    return float(np.max(x)) if x.size else 0.0
 
 
 # ------------------------------------------------------- calling the user's fn
@@ -275,26 +290,6 @@ def _budget(observed, scale, floor_scale, ref, rtol, atol):
     if rtol is None and atol is None:
         return roundoff_budget(observed, floor_scale, ref.dtype, ref.net.num_layers)
     return (atol or 0.0) + (rtol or 0.0) * scale
-
-
-def _row(layer, name, got, want, budget_abs, *, per_example: bool) -> Row:
-    """One table row; with per_example the leading axis indexes examples (or trials)."""
-    diff = np.abs(got - want)
-    scale = _max_abs(want)
-    bad = ~np.isfinite(got)
-    if np.any(bad):
-        idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        err = rel = math.inf
-    else:
-        idx = tuple(int(i) for i in np.unravel_index(np.argmax(diff), diff.shape)) \
-            if diff.size else (0,) * max(diff.ndim, 1)
-        err = float(diff[idx]) if diff.size else 0.0
-        rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
-    example, entry = (idx[0], idx[1:]) if per_example else (None, idx)
-    budget = budget_abs / scale if scale > 0 else (math.inf if budget_abs > 0 else 0.0)
-    return Row(layer, name, tuple(want.shape[1:] if per_example else want.shape), err, rel,
-               budget, budget_abs, scale, example, entry, bool(err <= budget_abs),
-               bool(np.any(bad)))
 
 
 def _rows(ref, user, truth, roundoff, rtol, atol, *, per_example):

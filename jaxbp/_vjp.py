@@ -20,7 +20,8 @@ import numpy as np
 
 from jaxbp._report import Report
 from jaxbp._tolerances import roundoff_budget
-from jaxbp._verify import BackpropError, _check_tolerance, _max_abs, _row
+from jaxbp._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
+    row as _row
 
 
 def _float_primals(primals):
