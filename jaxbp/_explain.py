@@ -146,9 +146,12 @@ def explain(net, *, layer: int, params=None, x=None, y=None, format: str = "text
     Args:
       net: a ``Network``.
       layer: l in 1..L.
-      params, x, y: all three or none. With them each factor's value is shown
-        (see ``jaxbp.chain`` for shapes), then the product (``jaxbp.contract``)
-        beside ``jax.grad``'s ∂L/∂W^l and the bias gradient ∂L/∂W0^l.
+      params: the net's parameters. ``params``, ``x`` and ``y`` come all three
+        or none. With them each factor's value is shown (see ``jaxbp.chain``
+        for shapes), then the product (``jaxbp.contract``) beside
+        ``jax.grad``'s ∂L/∂W^l and the bias gradient ∂L/∂W0^l.
+      x: one input (with ``params`` and ``y``).
+      y: its target (with ``params`` and ``x``).
       format: "text" (Unicode, aligned columns) or "latex": one ``$...$``
         expression per line, in the subset of LaTeX that matplotlib's mathtext
         renders.

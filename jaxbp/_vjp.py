@@ -71,8 +71,9 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
       *primals: the point to check at (float arrays or pytrees of them).
       key: PRNG key for the cotangents (default ``jax.random.key(0)``).
       trials: how many random cotangents dy ~ N(0, 1).
-      rtol, atol: explicit budget (atol + rtol × scale) instead of the
-        round-off-derived one.
+      rtol: explicit relative budget (allowed = atol + rtol × scale) instead
+        of the round-off-derived one.
+      atol: explicit absolute budget (the same rule).
 
     Returns:
       A ``Report`` (mode "vjp"): one row per primal (per leaf for pytrees),
