@@ -14,7 +14,7 @@ from jaxbp._train import batch_mesh, make_step, replicate, shard_batch
 from jaxbp._verify import BackpropError, verify
 from jaxbp._verify_nn import check_module
 from jaxbp._vjp import check_vjp, custom_vjp
-from jaxbp import datasets, nn
+from jaxbp import adapters, datasets, nn
 
 __version__ = "0.1.0"
 
@@ -34,6 +34,7 @@ __all__ = [
     "Report",
     "Row",
     "Trace",
+    "adapters",
     "batch_mesh",
     "chain",
     "check_module",

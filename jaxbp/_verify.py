@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import _localize
+from jaxbp import _layouts, _localize
 from jaxbp._network import Network, _forward_trace, _per_example_grads
 from jaxbp._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
     row as _row
@@ -64,7 +64,8 @@ class _Reference(NamedTuple):
 
 
 def verify(net: Network, params, X, Y, *, backprop: Optional[Callable] = None,
-           batched: bool = False, rtol: Optional[float] = None, atol: Optional[float] = None,
+           batched: bool = False, layout: str = "rows", reduction: str = "mean",
+           rtol: Optional[float] = None, atol: Optional[float] = None,
            finite_differences: bool = False, key: Optional[jax.Array] = None) -> Report:
     """Checks a hand-written backprop against float64 ``jax.grad`` and localizes errors.
 
@@ -84,6 +85,12 @@ def verify(net: Network, params, X, Y, *, backprop: Optional[Callable] = None,
         ``fn(params, X, Y)`` returning the batch-mean gradient. None checks
         jaxbp's own backprop.
       batched: whether ``backprop`` takes a batch and returns the mean.
+      layout: "rows" (jaxbp's: x (m,), X (B, m), W0 (n,)) or "columns" (the
+        6.390 homework's: x (m, 1), X (m, B), y (n, 1), Y (n, B), W0 (n, 1); your
+        function returns per layer ``(dW (m, n), dW0 (n, 1))``). Your function is
+        wrapped at the boundary, so rows, layers and suspects read the same.
+      reduction: "mean" or "sum": what a batched ``backprop`` returns, the
+        gradient of the batch's mean loss or of its sum (the homework's NLL).
       rtol: allowed error relative to each leaf's largest reference entry.
       atol: allowed absolute error. Either one replaces the round-off budget.
       finite_differences: also compare with central differences in float64
@@ -120,10 +127,15 @@ def verify(net: Network, params, X, Y, *, backprop: Optional[Callable] = None,
         raise TypeError(f"backprop: expected a function (params, x, y) -> grads or None, "
                         f"got {type(backprop).__name__}")
     rtol, atol = _check_tolerance("rtol", rtol), _check_tolerance("atol", atol)
+    layout, reduction = _layouts.check_layout(layout, reduction)
+    if backprop is None and (layout, reduction) != ("rows", "mean"):
+        raise ValueError(f"layout={layout!r}, reduction={reduction!r} describe your backprop "
+                         f"function; pass it as backprop= (jaxbp's own is rows and mean)")
     params, X, Y = net._example(params, X, Y, batched=True)
     ref = reference(net, params, X, Y)
     if backprop is None:
         backprop = net.grad if batched else net.backprop
+    backprop = _layouts.adapt(backprop, layout=layout, reduction=reduction, batched=batched)
     report = check_against(ref, backprop, batched=bool(batched), rtol=rtol, atol=atol)
     if finite_differences:
         report = _with_finite_differences(report, ref, backprop, batched)
@@ -140,33 +152,53 @@ def _np(tree):
     return jax.tree.map(lambda x: np.asarray(x, np.float64), tree)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _truth64(net: Network, params64, X64, Y64):
+# The checker runs each of its programs once per problem, so compile time is most of a
+# first call. XLA's CPU backend spends most of it in LLVM's optimizer: ask for -O0 there
+# (about half the compile time; the same IEEE arithmetic, run a little slower).
+_FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _jit(fn, **kwargs):
+    """``jax.jit(fn, **kwargs)``, compiled without LLVM optimization on the CPU."""
+    plain = jax.jit(fn, **kwargs)
+    fast = jax.jit(fn, compiler_options=_FAST_COMPILE, **kwargs)
+
+    @functools.wraps(fn)
+    def call(*args):
+        return (fast if jax.default_backend() == "cpu" else plain)(*args)
+
+    return call
+
+
+def _truth64_fn(net: Network, params64, X64, Y64):
     """Per-example float64 jax.grad and the forward trace, one compiled program.
 
     One jit instead of eager ops: in a fresh process each eager op compiles on its
-    own (~90 small compiles for a 5-layer net), one program compiles once.
+    own (~90 small compiles for a 5-layer net); one program compiles once.
     """
     truth = jax.vmap(jax.grad(net.loss), in_axes=(None, 0, 0))(params64, X64, Y64)
     return truth, _forward_trace(net, params64, X64)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _own_grads(net: Network, params, X, Y):
+def _own_grads_fn(net: Network, params, X, Y):
     """jaxbp's own per-example backprop in your dtype, and its batch mean (round-off runs)."""
-    per = _per_example_grads(net, params, X, Y)  # ((B, m, n), (B, n)) per layer
+    per = _per_example_grads.__wrapped__(net, params, X, Y)  # ((B, m, n), (B, n)) per layer
     return per, tuple((jnp.mean(g.W, axis=0), jnp.mean(g.W0, axis=0)) for g in per)
+
+
+_truth64 = _jit(_truth64_fn, static_argnums=0)
+_own_grads = _jit(_own_grads_fn, static_argnums=0)
 
 
 def reference(net: Network, params, X, Y) -> _Reference:
     """The float64 jax.grad truth and the round-off baseline (validated inputs)."""
     dtype = np.dtype(params[0].W.dtype)
     with jax.enable_x64(True):
-        p64, X64, Y64 = _to64(tuple(params)), _to64(X), _to64(Y)
+        p64, X64, Y64 = _np(tuple(params)), _np(X), _np(Y)  # numpy: no eager convert ops
         truth, trace = _truth64(net, p64, X64, Y64)
         grads = tuple((np.asarray(g.W), np.asarray(g.W0)) for g in truth)
         z, a = _np(trace.z), _np(trace.a)
-        params64 = tuple((np.asarray(p.W), np.asarray(p.W0)) for p in p64)
+        params64 = tuple((p.W, p.W0) for p in p64)
     for l, (gW, gW0) in enumerate(grads, start=1):
         if not (np.all(np.isfinite(gW)) and np.all(np.isfinite(gW0))):
             raise ValueError(
@@ -229,20 +261,44 @@ def _as_layers(out, net: Network, lead: tuple, what: str):
     return tuple(layers), dtypes
 
 
+def _vmapped_fn(fn, per_example, params, X, Y):
+    if per_example:
+        return jax.vmap(fn, in_axes=(None, 0, 0))(params, X, Y)
+    return jax.vmap(lambda x, y: fn(params, x[None], y[None]))(X, Y)  # batches of one
+
+
+# Your function compiled as one program (fn is a static argument: hashed by identity, so
+# calling verify again with the same function reuses the compiled code).
+_vmapped = _jit(_vmapped_fn, static_argnums=(0, 1))
+_jitted = _jit(lambda fn, params, X, Y: fn(params, X, Y), static_argnums=0)
+
+
+def is_host_function(fn) -> bool:
+    """True for functions that run NumPy on the host (``jaxbp.adapters``): never traced."""
+    return bool(getattr(fn, "jaxbp_host", False))
+
+
 def _call(fn, params, X, Y, net, what: str, *, per_example: bool, vectorized: bool = False):
     """Your per-example grads (B, ...) via vmap, or one example at a time.
 
+    Tried in order: ``jax.jit(jax.vmap(fn))``, eager ``jax.vmap(fn)``, a Python loop
+    over examples (host NumPy functions go straight to the loop).
     ``vectorized``: fn already maps a batch to per-example rows (no vmap needed).
     """
     notes = []
     B = X.shape[0]
     try:
+        if is_host_function(fn):
+            raise _HostFunction()
         if vectorized:
             out = fn(params, X, Y)
-        elif per_example:
-            out = jax.vmap(fn, in_axes=(None, 0, 0))(params, X, Y)
-        else:  # your batched function on batches of one
-            out = jax.vmap(lambda x, y: fn(params, x[None], y[None]))(X, Y)
+        else:
+            try:
+                out = _vmapped(fn, per_example, params, X, Y)
+            except Exception:  # e.g. not jittable, or unhashable: JAX's eager vmap
+                out = _vmapped_fn(fn, per_example, params, X, Y)
+    except _HostFunction:
+        pass
     except Exception as e:  # not vmappable: fall back to a loop, which names the example
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         notes.append(f"{what} does not run under jax.vmap ({type(e).__name__}: {first}); "
@@ -261,6 +317,8 @@ def _call(fn, params, X, Y, net, what: str, *, per_example: bool, vectorized: bo
         x, y = (X[b], Y[b]) if per_example else (X[b:b + 1], Y[b:b + 1])
         try:
             out = fn(params, x, y)
+        except BackpropError:
+            raise
         except Exception as e:
             raise BackpropError(
                 f"{what} raised {type(e).__name__} on example {b} (called as "
@@ -274,13 +332,26 @@ def _call(fn, params, X, Y, net, what: str, *, per_example: bool, vectorized: bo
     return stacked, dtypes, notes
 
 
+class _HostFunction(Exception):
+    pass
+
+
 def _call_batch(fn, params, X, Y, net, what):
-    try:
-        out = fn(params, X, Y)
-    except Exception as e:
-        raise BackpropError(f"{what} raised {type(e).__name__} (called as {what}(params, X, Y) "
-                            f"with X of shape {tuple(X.shape)}, Y of shape {tuple(Y.shape)}): "
-                            f"{e}") from e
+    out = None
+    if not is_host_function(fn):
+        try:
+            out = _jitted(fn, params, X, Y)
+        except Exception:  # not jittable: called as is below, where errors are reported
+            out = None
+    if out is None:
+        try:
+            out = fn(params, X, Y)
+        except BackpropError:
+            raise
+        except Exception as e:
+            raise BackpropError(f"{what} raised {type(e).__name__} (called as {what}(params, X, "
+                                f"Y) with X of shape {tuple(X.shape)}, Y of shape "
+                                f"{tuple(Y.shape)}): {e}") from e
     return _as_layers(out, net, (), what)
 
 
