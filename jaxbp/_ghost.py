@@ -20,11 +20,17 @@ gradient g_b (all layers) to norm at most C = max_norm:
 
 and since g_b is linear in δ_b the sum is again one matrix product per layer:
 ∂W^ℓ = A^{ℓ−1}ᵀ (scale[:, None] · δ^ℓ) / B, ∂W0^ℓ = Σ_b scale_b δ_b^ℓ / B.
+
+DP-SGD (Abadi et al. 2016) adds Gaussian noise of standard deviation σ·C to the
+clipped *sum* (its sensitivity is C: one example moves it by at most C), so the
+noisy mean over a batch of B has noise σ·C/B on every entry.
+
+This module is a leaf: array helpers only, shared by ``jaxbp.Network`` (which
+feeds it its forward trace and deltas) and ``jaxbp.nn``'s private gradients.
 """
 
 from __future__ import annotations
 
-import functools
 import numbers
 
 import jax
@@ -32,7 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import _checks
-from jaxbp._network import Dense, _deltas, _forward_trace
 
 
 def check_max_norm(max_norm, dtype) -> jax.Array:
@@ -81,25 +86,75 @@ def clip_scale(norms: jax.Array, max_norm) -> jax.Array:
     return max_norm / jnp.maximum(norms, max_norm)
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames="per_layer")
-def per_example_grad_norms(net, params, X, Y, *, per_layer: bool = False) -> jax.Array:
-    """‖g_b‖ for each example b, shape (B,), or per layer, shape (B, L)."""
-    trace = _forward_trace(net, params, X)
-    deltas = _deltas(net, params, trace, Y)  # each (B, n^ℓ)
-    sq = layer_sq_norms(trace.a[:-1], deltas)  # (B, L)
-    return jnp.sqrt(sq) if per_layer else jnp.sqrt(jnp.sum(sq, axis=-1))
+def clipped_layers(A_prevs, deltas, weight) -> tuple:
+    """Σ_b weight_b g_b per dense layer: ((A^{ℓ−1}ᵀ (weight·δ^ℓ), Σ_b weight_b δ_b^ℓ), ...).
+
+    Args:
+      A_prevs: (A^0, ..., A^{L−1}), shapes (B, m^ℓ).
+      deltas: (δ^1, ..., δ^L), shapes (B, n^ℓ).
+      weight: (B,), e.g. scale_b / B.
+
+    Returns:
+      One (W (m^ℓ, n^ℓ), W0 (n^ℓ,)) pair per layer.
+    """
+    # Folding weight into δ (B, n) is cheaper than scaling each (m, n) result.
+    weight = weight[:, None]  # (B, 1)
+    return tuple((A_prev.T @ (weight * d), jnp.sum(weight * d, axis=0))  # (m, B) @ (B, n)
+                 for A_prev, d in zip(A_prevs, deltas))
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def clipped_grad(net, params, X, Y, max_norm) -> tuple[Dense, ...]:
-    """(1/B) Σ_b scale_b g_b with scale_b = max_norm / max(‖g_b‖, max_norm)."""
-    B = X.shape[0]
-    trace = _forward_trace(net, params, X)
-    deltas = _deltas(net, params, trace, Y)
-    norms = jnp.sqrt(jnp.sum(layer_sq_norms(trace.a[:-1], deltas), axis=-1))  # (B,)
-    # Folding scale_b / B into δ (B, n) is cheaper than scaling each (m, n) result.
-    weight = (clip_scale(norms, max_norm) / B)[:, None]  # (B, 1)
-    return tuple(
-        Dense(A_prev.T @ (weight * d), jnp.sum(weight * d, axis=0))  # (m, B) @ (B, n) -> (m, n)
-        for A_prev, d in zip(trace.a[:-1], deltas)
-    )
+def check_noise_multiplier(noise_multiplier) -> None:
+    """σ ≥ 0 and finite (checked when concrete); a TypeError for non-numbers."""
+    if isinstance(noise_multiplier, bool) or not (
+            isinstance(noise_multiplier, numbers.Real) or hasattr(noise_multiplier, "dtype")):
+        raise TypeError(f"noise_multiplier: expected a real number ≥ 0, got {noise_multiplier!r}")
+    if jnp.ndim(noise_multiplier) != 0:
+        raise ValueError(f"noise_multiplier: expected a scalar, got shape "
+                         f"{jnp.shape(noise_multiplier)}")
+    if _checks.is_concrete(noise_multiplier):
+        value = float(np.asarray(noise_multiplier))
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"noise_multiplier: expected a finite number ≥ 0, got {value}")
+
+
+def check_key(key) -> None:
+    """A PRNG key (new-style ``jax.random.key`` or raw uint32 ``PRNGKey``), else a TypeError."""
+    if key is None or not hasattr(key, "dtype") or not (
+            jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+            or (key.dtype == jnp.uint32 and jnp.shape(key) == (2,))):
+        raise TypeError(f"key: expected a PRNG key (jax.random.key(seed)) for the noise, "
+                        f"got {key!r}")
+
+
+def example_weights(mask, B: int, dtype) -> jax.Array:
+    """The (B,) 0/1 weights of a padded batch's real examples (all ones when mask is None)."""
+    if mask is None:
+        return jnp.ones((B,), dtype)
+    if jnp.shape(mask) != (B,):
+        raise ValueError(f"mask: expected shape ({B},), one entry per example (true for real "
+                         f"examples, false for padding), got {jnp.shape(mask)}")
+    return jnp.asarray(mask).astype(dtype)
+
+
+def noisy_mean(clipped_sum, key, *, max_norm, noise_multiplier, denominator):
+    """(Σ_b clip(g_b) + N(0, (σ·C)² I)) / denominator, the DP-SGD gradient.
+
+    Args:
+      clipped_sum: a pytree, Σ_b scale_b g_b over the (real) examples.
+      key: PRNG key; one independent normal draw per leaf entry.
+      max_norm: C.
+      noise_multiplier: σ.
+      denominator: the batch size to average over (B, or the expected batch size
+        q·N under Poisson sampling).
+
+    Returns:
+      A pytree like clipped_sum.
+    """
+    leaves, treedef = jax.tree.flatten(clipped_sum)
+    keys = jax.random.split(key, max(len(leaves), 1))
+    noisy = []
+    for leaf, k in zip(leaves, keys):
+        std = jnp.asarray(noise_multiplier, leaf.dtype) * jnp.asarray(max_norm, leaf.dtype)
+        noise = std * jax.random.normal(k, leaf.shape, leaf.dtype)
+        noisy.append((leaf + noise) / jnp.asarray(denominator, leaf.dtype))
+    return jax.tree.unflatten(treedef, noisy)

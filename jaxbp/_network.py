@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxbp import _checks
+from jaxbp import _checks, _ghost
 from jaxbp._activations import ACTIVATIONS, get_activation
 from jaxbp._losses import get_loss
 
@@ -135,6 +135,35 @@ def _per_example_grads(net, params, X, Y):
         Dense(jnp.einsum("bm,bn->bmn", A_prev, d), d)  # (B, m, n)
         for A_prev, d in zip(trace.a[:-1], deltas)
     )
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="per_layer")
+def _per_example_grad_norms(net, params, X, Y, *, per_layer: bool = False):
+    trace = _forward_trace(net, params, X)
+    sq = _ghost.layer_sq_norms(trace.a[:-1], _deltas(net, params, trace, Y))  # (B, L)
+    return jnp.sqrt(sq) if per_layer else jnp.sqrt(jnp.sum(sq, axis=-1))
+
+
+def _clipped_sum(net, params, X, Y, max_norm, weight):
+    """Σ_b weight_b scale_b g_b per layer, scale_b = C / max(‖g_b‖, C) (see ``jaxbp._ghost``)."""
+    trace = _forward_trace(net, params, X)
+    deltas = _deltas(net, params, trace, Y)  # each (B, n^ℓ)
+    norms = jnp.sqrt(jnp.sum(_ghost.layer_sq_norms(trace.a[:-1], deltas), axis=-1))  # (B,)
+    weight = _ghost.clip_scale(norms, max_norm) * weight
+    return tuple(Dense(*pair) for pair in _ghost.clipped_layers(trace.a[:-1], deltas, weight))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _clipped_grad(net, params, X, Y, max_norm):
+    B = X.shape[0]
+    return _clipped_sum(net, params, X, Y, max_norm, jnp.full((B,), 1.0 / B, X.dtype))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _private_grad(net, params, X, Y, max_norm, noise_multiplier, key, weight, denominator):
+    return _ghost.noisy_mean(_clipped_sum(net, params, X, Y, max_norm, weight), key,
+                             max_norm=max_norm, noise_multiplier=noise_multiplier,
+                             denominator=denominator)
 
 
 def _init_scale(activation: str) -> float:
@@ -345,10 +374,8 @@ class Network:
           >>> net.per_example_grad_norms(net.init(jax.random.key(0)), X, Y).shape
           (5,)
         """
-        from jaxbp import _ghost  # _ghost imports this module
-
         params, X, Y = self._example(params, X, Y, batched=True)
-        return _ghost.per_example_grad_norms(self, params, X, Y, per_layer=bool(per_layer))
+        return _per_example_grad_norms(self, params, X, Y, per_layer=bool(per_layer))
 
     def clipped_grad(self, params, X: ArrayLike, Y: ArrayLike, max_norm) -> tuple[Dense, ...]:
         """Mean of per-example gradients each clipped to norm ≤ max_norm (DP-SGD, no noise).
@@ -366,8 +393,38 @@ class Network:
         Returns:
           A tuple of ``Dense`` shaped like params.
         """
-        from jaxbp import _ghost
+        params, X, Y = self._example(params, X, Y, batched=True)
+        return _clipped_grad(self, params, X, Y, _ghost.check_max_norm(max_norm, X.dtype))
 
+    def private_grad(self, params, X: ArrayLike, Y: ArrayLike, *, max_norm, noise_multiplier,
+                     key: jax.Array, mask=None, batch_size=None) -> tuple[Dense, ...]:
+        """The DP-SGD gradient: clipped sum plus N(0, (σ·C)²) on every entry, over the batch size.
+
+        (Σ_b m_b scale_b g_b + N(0, (noise_multiplier · max_norm)² I)) / D, with scale_b as in
+        ``clipped_grad``, m_b = mask (all ones by default) and D = batch_size (default B):
+        without a mask, the clipped mean plus noise of standard deviation
+        noise_multiplier · max_norm / B on every entry (Abadi et al. 2016).
+
+        Args:
+          params: tuple of ``Dense``.
+          X: inputs, shape (B, m^1).
+          Y: targets, shape (B, n^L) ((B,) accepted when n^L = 1).
+          max_norm: the clipping norm C > 0.
+          noise_multiplier: σ ≥ 0 (σ = 0: ``clipped_grad``, up to the mask and D).
+          key: PRNG key for the noise.
+          mask: optional (B,) booleans, false for padding rows of a batch padded to a
+            fixed size (Poisson sampling); padding rows contribute nothing.
+          batch_size: D, the divisor; default B. Under Poisson sampling with rate q from
+            N examples, pass the expected batch size q·N.
+
+        Returns:
+          A tuple of ``Dense`` shaped like params.
+        """
         params, X, Y = self._example(params, X, Y, batched=True)
         max_norm = _ghost.check_max_norm(max_norm, X.dtype)
-        return _ghost.clipped_grad(self, params, X, Y, max_norm)
+        _ghost.check_noise_multiplier(noise_multiplier)
+        _ghost.check_key(key)
+        weight = _ghost.example_weights(mask, X.shape[0], X.dtype)
+        denominator = X.shape[0] if batch_size is None else batch_size
+        return _private_grad(self, params, X, Y, max_norm, noise_multiplier, key, weight,
+                             denominator)
