@@ -27,7 +27,7 @@ from typing import Callable
 
 import jaxbp
 
-__all__ = ["assert_backprop", "assert_vjp"]
+__all__ = ["assert_backprop", "assert_module", "assert_vjp"]
 
 
 def _check(name: str, check: Callable, *args, **kwargs):
@@ -45,10 +45,12 @@ def assert_backprop(net_or_model, params, X, Y, **verify_kwargs):
     """Asserts that a hand-written backprop agrees with ``jax.grad`` (``jaxbp.verify``).
 
     Args:
-      net_or_model: what ``jaxbp.verify`` takes first (a ``jaxbp.Network``).
+      net_or_model: what ``jaxbp.verify`` takes first: a ``jaxbp.Network``
+        (your function in ``backprop=``) or a ``jaxbp.nn.Sequential`` model
+        (its modules' backward passes are checked).
       params: its parameters.
-      X: inputs, shape (B, m^1).
-      Y: targets, shape (B, n^L).
+      X: inputs, a batch (leading batch axis).
+      Y: targets, a batch.
       **verify_kwargs: passed to ``jaxbp.verify`` (``backprop=``,
         ``batched=``, ``rtol=``, ``atol=``, ...).
 
@@ -98,3 +100,33 @@ def assert_vjp(forward: Callable, backward: Callable, *primals, **kwargs):
     """
     __tracebackhide__ = True
     return _check("assert_vjp", jaxbp.check_vjp, forward, backward, *primals, **kwargs)
+
+
+def assert_module(module, params, X, **kwargs):
+    """Asserts that a module's backward agrees with ``jax.vjp`` (``jaxbp.check_module``).
+
+    Args:
+      module: a ``jaxbp.nn.Module``.
+      params: its params (from ``module.init``).
+      X: a batch (leading batch axis).
+      **kwargs: passed to ``jaxbp.check_module`` (``key=``, ``trials=``,
+        ``rtol=``, ``atol=``).
+
+    Returns:
+      The ``jaxbp.Report`` (mode "module"), when ∂L/∂X and every parameter
+      gradient are within budget.
+
+    Raises:
+      AssertionError: the input or a parameter gradient is wrong (or NaN/inf);
+        the message is the report.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jaxbp.testing
+      >>> from jaxbp import nn
+      >>> layer = nn.Linear(3)
+      >>> params, _ = layer.init(jax.random.key(0), (4,), jnp.float32)
+      >>> jaxbp.testing.assert_module(layer, params, jnp.ones((2, 4))).ok
+      True
+    """
+    __tracebackhide__ = True
+    return _check("assert_module", jaxbp.check_module, module, params, X, **kwargs)

@@ -17,7 +17,9 @@ from tests import _user_backprops as user
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NET = jaxbp.Network(sizes=(3, 4, 3), activations=("tanh", "softmax"), loss="nll")
-CLI_NET = ["--sizes", "3,4,3", "--activations", "tanh,softmax", "--loss", "nll"]
+# float64 and B = 8 like the fixture below, so the CLI reuses its compiled programs.
+CLI_NET = ["--sizes", "3,4,3", "--activations", "tanh,softmax", "--loss", "nll",
+           "--dtype", "float64", "--batch", "8"]
 
 
 def _nan_backprop(params, x, y):

@@ -6,6 +6,7 @@ import pytest
 
 import jaxbp
 import jaxbp.testing
+from jaxbp import nn
 from tests import _user_backprops as user
 
 pytest_plugins = ["pytester"]
@@ -99,6 +100,49 @@ def test_assert_vjp_returns_the_report_when_right(primals):
 def test_assert_vjp_fails_naming_the_primal(primals):
     with pytest.raises(AssertionError, match=r"WRONG — primal 1, suspect: backward"):
         jaxbp.testing.assert_vjp(_forward, _backward_wrong_input, *primals)
+
+
+def _square(backward_factor):
+    """y = x², a module whose backward is backward_factor · x · dy (right for 2)."""
+    return nn.Module(f"square{backward_factor}", init=lambda key, shape, dtype: ((), shape),
+                     forward=lambda params, X, key: (X * X, X),
+                     backward=lambda params, X, dY: ((), backward_factor * X * dY))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    return jax.random.normal(jax.random.key(4), (4, 3), jnp.float64)
+
+
+def test_assert_module_returns_the_report_when_right(batch):
+    layer = nn.Linear(2)
+    params, _ = layer.init(jax.random.key(5), (3,), jnp.float64)
+    report = jaxbp.testing.assert_module(layer, params, batch)
+    assert report.ok and report.mode == "module"
+    dY = jnp.ones((4, 2))
+    Y, residuals = layer.forward(params, batch, None)
+    _, vjp = jax.vjp(lambda p, x: layer.forward(p, x, None)[0], params, batch)
+    for mine, truth in zip(jax.tree.leaves(layer.backward(params, residuals, dY)),
+                           jax.tree.leaves(vjp(dY))):
+        assert float(jnp.max(jnp.abs(mine - truth))) < 1e-12
+
+
+def test_assert_module_fails_naming_the_input_gradient(batch):
+    assert jaxbp.testing.assert_module(_square(2.0), (), batch).ok
+    with pytest.raises(AssertionError, match=r"check_module: WRONG .* suspect: input"):
+        jaxbp.testing.assert_module(_square(1.0), (), batch)
+
+
+def test_assert_backprop_on_a_model_names_the_module(batch):
+    def model(square):
+        return nn.Sequential([nn.Linear(3), square, nn.Linear(2)], loss="squared")
+
+    Y = jax.random.normal(jax.random.key(6), (4, 2), jnp.float64)
+    right = model(_square(2.0))
+    params = right.init(jax.random.key(7), (3,), dtype=jnp.float64)
+    assert jaxbp.testing.assert_backprop(right, params, batch, Y).ok
+    with pytest.raises(AssertionError, match=r"WRONG — module 2 \(square1.0\)"):
+        jaxbp.testing.assert_backprop(model(_square(1.0)), params, batch, Y)
 
 
 _FAILING_TEST = '''
