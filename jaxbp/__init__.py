@@ -14,7 +14,7 @@ from jaxbp._train import batch_mesh, make_step, replicate, shard_batch
 from jaxbp._verify import BackpropError, verify
 from jaxbp._verify_nn import check_module
 from jaxbp._vjp import check_vjp, custom_vjp
-from jaxbp import adapters, datasets, nn
+from jaxbp import adapters, datasets, nn, testing  # testing: pytest assertions, public API only
 
 __version__ = "0.1.0"
 
@@ -52,5 +52,6 @@ __all__ = [
     "nn",
     "replicate",
     "shard_batch",
+    "testing",
     "verify",
 ]
