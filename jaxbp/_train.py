@@ -27,20 +27,28 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxbp._network import Network
+from jaxbp._checked_step import CheckedStep
+from jaxbp._network import Dense, Network
 
 GRADS = ("manual", "autodiff")
 BATCH_AXIS = "batch"
 
 
-def _value_and_grad_fn(net: Network, grad: str) -> Callable:
+def _value_and_grad_fn(net: Network, grad) -> Callable:
+    """``(params, X, Y) -> (mean loss, mean grads)`` for ``make_step``: the one dispatch."""
+    if callable(grad):  # your batched backprop: the loss is a forward pass only
+        def value_and_grad(params, X, Y):
+            grads = grad(params, X, Y)
+            return net.batch_loss(params, X, Y), tuple(Dense(*g) for g in grads)
+        return value_and_grad
     if grad == "manual":
         return net.value_and_grad  # the notes' chain, no jax.grad inside
     return jax.value_and_grad(net.batch_loss)
 
 
-def make_step(net: Network, optimizer: optax.GradientTransformation, *, grad: str = "manual",
-              mesh: Mesh | None = None) -> Callable:
+def make_step(net: Network, optimizer: optax.GradientTransformation, *,
+              grad: str | Callable = "manual", mesh: Mesh | None = None,
+              check_every: int | None = None) -> Callable:
     """A jitted, pure Optax training step using manual backprop or jax.grad.
 
     ``step(params, opt_state, X, Y) -> (params, opt_state, loss)`` where loss is
@@ -49,14 +57,23 @@ def make_step(net: Network, optimizer: optax.GradientTransformation, *, grad: st
     Args:
       net: the ``Network``.
       optimizer: any ``optax.GradientTransformation`` (``optax.adam(1e-3)``, a chain, ...).
-      grad: "manual" (``net.value_and_grad``, the notes' chain rule) or "autodiff"
-        (``jax.value_and_grad(net.batch_loss)``, the ground truth).
+      grad: "manual" (``net.value_and_grad``, the notes' chain rule), "autodiff"
+        (``jax.value_and_grad(net.batch_loss)``, the ground truth), or your own
+        batched backprop ``fn(params, X, Y)`` returning the batch-mean gradient
+        (a tuple of ``Dense`` or ``(W, W0)`` pairs, like params; it runs inside
+        ``jax.jit``). The loss is then ``net.batch_loss``.
       mesh: optional one-axis mesh from ``batch_mesh``: X (B, m) and Y (B, n^L) are then
         split along B over its devices and params/opt_state replicated (B must be
         divisible by the device count). None: JAX's default placement.
+      check_every: None (default): the plain jitted step. N ≥ 1: a ``CheckedStep``
+        that also checks ``grad`` on steps 0, N, 2N, ... (counting from 0) against
+        ``jax.grad`` on the same batch, and raises ``jaxbp.BackpropError`` naming
+        the step, the first bad layer and the suspect when they disagree beyond
+        the budget. The steps in between are the plain jitted step.
 
     Returns:
-      The jitted step. It does not donate its inputs, so params can be reused.
+      The jitted step (or a ``CheckedStep`` wrapping it). It does not donate its
+      inputs, so params can be reused.
 
     Example:
       >>> import jax, optax, jaxbp
@@ -75,8 +92,12 @@ def make_step(net: Network, optimizer: optax.GradientTransformation, *, grad: st
         raise TypeError(
             f"optimizer: expected an optax.GradientTransformation (with init and update), "
             f"got {type(optimizer).__name__}")
-    if grad not in GRADS:
-        raise ValueError(f"grad: expected one of {', '.join(map(repr, GRADS))}, got {grad!r}")
+    if not callable(grad) and grad not in GRADS:
+        raise ValueError(f"grad: expected one of {', '.join(map(repr, GRADS))}, got {grad!r} "
+                         f"(or your batched function fn(params, X, Y) -> mean grads)")
+    if check_every is not None and (isinstance(check_every, bool) or not isinstance(
+            check_every, int) or check_every < 1):
+        raise ValueError(f"check_every: expected None or an int >= 1, got {check_every!r}")
     value_and_grad = _value_and_grad_fn(net, grad)
 
     def step(params, opt_state, X, Y):
@@ -85,11 +106,15 @@ def make_step(net: Network, optimizer: optax.GradientTransformation, *, grad: st
         return optax.apply_updates(params, updates), opt_state, loss
 
     if mesh is None:
-        return jax.jit(step)
-    _check_mesh(mesh)
-    replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P(BATCH_AXIS))
-    return jax.jit(step, in_shardings=(replicated, replicated, batch, batch),
-                   out_shardings=(replicated, replicated, replicated))
+        jitted = jax.jit(step)
+    else:
+        _check_mesh(mesh)
+        replicated, batch = NamedSharding(mesh, P()), NamedSharding(mesh, P(BATCH_AXIS))
+        jitted = jax.jit(step, in_shardings=(replicated, replicated, batch, batch),
+                         out_shardings=(replicated, replicated, replicated))
+    if check_every is None:
+        return jitted
+    return CheckedStep(jitted, net, lambda p, X, Y: value_and_grad(p, X, Y)[1], check_every)
 
 
 def _check_mesh(mesh: Any) -> None:
