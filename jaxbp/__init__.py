@@ -6,6 +6,8 @@ from jaxbp._explain import explain
 from jaxbp._finite_difference import finite_difference_grad
 from jaxbp._intermediates import check_intermediates, intermediates
 from jaxbp._intermediates_report import IntermediateRow, IntermediatesReport
+from jaxbp._intermediates import check_intermediates, intermediates
+from jaxbp._intermediates_report import IntermediateRow, IntermediatesReport
 from jaxbp._losses import LOSSES, Loss, get_loss
 from jaxbp._mutants import MUTANTS, Mutant
 from jaxbp._network import Dense, Network, Trace
@@ -26,6 +28,8 @@ __all__ = [
     "Factor",
     "IntermediateRow",
     "IntermediatesReport",
+    "IntermediateRow",
+    "IntermediatesReport",
     "LOSSES",
     "Loss",
     "MUTANTS",
@@ -39,6 +43,7 @@ __all__ = [
     "chain",
     "check_module",
     "check_intermediates",
+    "check_intermediates",
     "check_vjp",
     "contract",
     "custom_vjp",
@@ -47,6 +52,7 @@ __all__ = [
     "finite_difference_grad",
     "get_activation",
     "get_loss",
+    "intermediates",
     "intermediates",
     "make_step",
     "nn",
