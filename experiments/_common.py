@@ -6,6 +6,7 @@ import argparse
 import os
 import shutil
 import tempfile
+import uuid
 from typing import Callable, Iterable
 
 import jax
@@ -59,6 +60,26 @@ def publish(out: str, write: Callable[[str], list[str]]) -> list[str]:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return names
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+    """Calls ``write(tmp)`` on a fresh path in ``path``'s directory, then renames it to ``path``.
+
+    The temporary name keeps the file's extension (``np.savez`` and ``savefig`` go by it).
+    ``os.replace`` within one directory is atomic, so a reader sees the old file or the new
+    one, never half of one; if ``write`` raises, the old file stays and the temporary is removed.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    stem, ext = os.path.splitext(name)
+    # Not mkstemp: its file would be private (0600); ``write`` creates this one under the umask.
+    tmp = os.path.join(folder, f".{stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{ext}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def host(x) -> np.ndarray:

@@ -8,9 +8,12 @@ The largest parameter difference between them along the whole run is recorded.
     python experiments/train.py --dataset spirals        # 2-D: also draws the decision boundary
     python experiments/train.py --x64                    # float64: max_param_diff ~ 1e-15
     XLA_FLAGS=--xla_force_host_platform_device_count=4 python experiments/train.py --devices 4
+    python experiments/train.py --checkpoint-every 100   # killed? add --resume to go on
 
 Writes DIR/results.json, DIR/loss.png, DIR/boundary.png (2-D data), DIR/history.csv (loss per
-step and the manual-autodiff gap) and DIR/params.npz (final params of each run).
+step and the manual-autodiff gap) and DIR/params.npz (final params of each run), each atomically
+(a temporary file, then renamed). With --checkpoint-every N, DIR/checkpoints/<step>/ (Orbax)
+holds all a run needs to go on; --resume continues from the latest, to the same bits.
 Multi-host: start the same command on every host with --distributed (jax.distributed.initialize()).
 """
 
@@ -31,7 +34,9 @@ import jaxbp
 from jaxbp import datasets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # siblings, also when imported
-from _common import FlagError, Parser, allowed, backend_line, check_writable, host, publish  # noqa: E402,I001
+import _checkpoint as checkpoint  # noqa: E402
+from _common import (FlagError, Parser, allowed, atomic_write, backend_line,  # noqa: E402,I001
+                     check_writable, host)
 
 # ---------------------------------------------------------------- knobs (= CLI defaults)
 DATASET = "digits"
@@ -60,8 +65,12 @@ OPTIMIZERS = {
 
 
 def resolve(*, dataset, sizes, activations, loss, optimizer, lr, steps, batch_size, seed, grad,
-            devices, out) -> dict:
+            devices, out, dtype=np.float32, checkpoint_every=None) -> dict:
     """Checks every setting before anything runs; fills the per-dataset defaults.
+
+    ``cfg["computation"]`` collects every setting that changes the numbers a run computes
+    (not ``steps``, ``devices``, ``out``): a checkpoint records it and a resume must match it.
+    A new flag of that kind joins this one dict.
 
     Raises:
       FlagError: naming the flag and the allowed values.
@@ -131,11 +140,19 @@ def resolve(*, dataset, sizes, activations, loss, optimizer, lr, steps, batch_si
     if batch_size % devices:
         raise FlagError("--batch-size", f"{batch_size} is not divisible by --devices {devices}; "
                                         f"allowed: multiples of {devices}")
+    if checkpoint_every is not None and not (isinstance(checkpoint_every, int)
+                                             and checkpoint_every >= 1):
+        raise FlagError("--checkpoint-every", f"expected an int >= 1 (steps between "
+                                              f"checkpoints), got {checkpoint_every!r}")
     out = os.path.join("runs", dataset) if out is None else str(out)
     check_writable(out)
+    computation = dict(dataset=dataset, sizes=list(net.sizes), activations=list(net.activations),
+                       loss=loss, optimizer=optimizer, lr=float(lr), batch_size=batch_size,
+                       seed=seed, grad=grad, dtype=np.dtype(dtype).name)
     return dict(data=data, net=net, optimizer=optimizer, lr=float(lr), steps=steps,
                 batch_size=batch_size, seed=seed, devices=devices, out=out,
-                grads=("manual", "autodiff") if grad == "both" else (grad,))
+                grads=("manual", "autodiff") if grad == "both" else (grad,),
+                checkpoint_every=checkpoint_every, computation=computation)
 
 
 @jax.jit
@@ -144,29 +161,78 @@ def _max_abs_diff(tree_a, tree_b):
                               for a, b in zip(jax.tree.leaves(tree_a), jax.tree.leaves(tree_b))]))
 
 
-def _batches(n: int, batch_size: int, steps: int, seed: int):
-    """Index arrays of shuffled minibatches, a new permutation each epoch (remainder dropped)."""
-    rng = np.random.default_rng(seed)
+def _data_order(n: int, seed: int) -> dict:
+    """The batch order's state at step 0: the NumPy RNG's state and the epoch's permutation."""
+    return dict(rng=np.random.default_rng(seed).bit_generator.state, perm=np.arange(n))
+
+
+def _batches(order: dict, batch_size: int, start: int, steps: int):
+    """(t, index array) of shuffled minibatches, a new permutation each epoch (remainder dropped).
+
+    ``order`` (from ``_data_order`` or a checkpoint) is updated in place at each new epoch, so
+    after step t it holds exactly what steps t+1... need.
+    """
+    rng = np.random.default_rng()
+    rng.bit_generator.state = order["rng"]
+    n = len(order["perm"])
     per_epoch = n // batch_size
-    for t in range(steps):
+    for t in range(start, steps):
         if t % per_epoch == 0:
-            order = rng.permutation(n)
+            order["perm"] = rng.permutation(n)
+            order["rng"] = rng.bit_generator.state
         k = t % per_epoch
-        yield order[k * batch_size:(k + 1) * batch_size]
+        yield t, order["perm"][k * batch_size:(k + 1) * batch_size]
 
 
-def train(cfg: dict, *, dtype, quiet: bool) -> dict:
-    """Runs the configured grads side by side; returns the per-run results and the history."""
-    from tqdm import tqdm
+def _progress(cfg: dict, params0, optimizer) -> dict:
+    """Everything a run carries from step to step, at step 0; a checkpoint saves all of it.
 
+    ``runs`` (each grad's params and optimizer state), ``history`` (lists of per-step values),
+    ``order`` (data order) and ``extra`` (any pytree of arrays) go in the checkpoint's array
+    item; ``step`` and ``counters`` (free-form JSON numbers) in its JSON item.
+    """
+    columns = list(cfg["grads"]) + (["param_diff"] if len(cfg["grads"]) == 2 else [])
+    return dict(step=0, runs={g: dict(params=params0, opt_state=optimizer.init(params0))
+                              for g in cfg["grads"]},
+                history={c: [] for c in columns},
+                order=_data_order(len(cfg["data"].y_train), cfg["seed"]),
+                extra={}, counters=dict(seconds=dict.fromkeys(cfg["grads"], 0.0)))
+
+
+def train(cfg: dict, *, dtype, quiet: bool, start: int | None = None) -> dict:
+    """Runs the configured grads side by side; returns the per-run results and the history.
+
+    Args:
+      start: a checkpoint step in OUT/checkpoints to go on from (None: step 0).
+    """
     data, net, grads = cfg["data"], cfg["net"], cfg["grads"]
     optimizer = OPTIMIZERS[cfg["optimizer"]](cfg["lr"])
     mesh = jaxbp.batch_mesh(cfg["devices"])
     X, Y = data.X_train.astype(dtype), datasets.targets(data.y_train, data.num_classes,
                                                         net.loss_name).astype(dtype)
-    params0 = net.init(jax.random.key(cfg["seed"]), dtype=dtype)
-    start = jaxbp.replicate(mesh, (params0, optimizer.init(params0)))
-    state = dict.fromkeys(grads, start)
+    progress = _progress(cfg, net.init(jax.random.key(cfg["seed"]), dtype=dtype), optimizer)
+    save_every = cfg["checkpoint_every"]
+    mngr = None
+    if save_every or start is not None:
+        mngr = checkpoint.manager(os.path.join(cfg["out"], "checkpoints"))
+    try:
+        if start is not None:
+            progress = checkpoint.restore_progress(mngr, start, progress)
+        return _loop(cfg, progress, optimizer, mesh, X, Y, mngr if save_every else None,
+                     dtype=dtype, quiet=quiet)
+    finally:
+        if mngr is not None:
+            checkpoint.close(mngr)  # pending saves complete before the outputs are written
+
+
+def _loop(cfg, progress, optimizer, mesh, X, Y, mngr, *, dtype, quiet):
+    """Steps from ``progress["step"]`` to ``cfg["steps"]``, saving to ``mngr`` (if any)."""
+    from tqdm import tqdm
+
+    data, net, grads = cfg["data"], cfg["net"], cfg["grads"]
+    # Replicated onto this run's mesh, whatever the device count of the run that saved it.
+    state = {g: jaxbp.replicate(mesh, (r["params"], r["opt_state"]))
+             for g, r in progress["runs"].items()}
     steps, compile_seconds = {}, {}
     Xb, Yb = jaxbp.shard_batch(mesh, X[:cfg["batch_size"]], Y[:cfg["batch_size"]])
     for g in grads:  # compile ahead so that "seconds" measures training only
@@ -174,27 +240,32 @@ def train(cfg: dict, *, dtype, quiet: bool) -> dict:
         step = jaxbp.make_step(net, optimizer, grad=g, mesh=mesh)
         steps[g] = step.lower(*state[g], Xb, Yb).compile()
         compile_seconds[g] = time.perf_counter() - t0
-    seconds = dict.fromkeys(grads, 0.0)
-    losses = {g: [] for g in grads}
-    diffs = []
+    seconds = progress["counters"]["seconds"]
+    history = progress["history"]
+    losses, diffs = [history[g] for g in grads], history.get("param_diff")
     show = not quiet and sys.stderr.isatty() and jax.process_index() == 0
-    bar = tqdm(total=cfg["steps"], disable=not show, desc=data.name)
+    bar = tqdm(total=cfg["steps"], initial=progress["step"], disable=not show, desc=data.name)
     every = max(1, cfg["steps"] // 50)
-    for t, idx in enumerate(_batches(len(X), cfg["batch_size"], cfg["steps"], cfg["seed"])):
+    save_every = cfg["checkpoint_every"] if mngr is not None else 0
+    for t, idx in _batches(progress["order"], cfg["batch_size"], progress["step"], cfg["steps"]):
         Xb, Yb = jax.block_until_ready(jaxbp.shard_batch(mesh, X[idx], Y[idx]))  # not timed
-        for g in grads:
+        for g, g_losses in zip(grads, losses):
             t0 = time.perf_counter()
             params, opt_state, loss = steps[g](*state[g], Xb, Yb)
             jax.block_until_ready(params)
             seconds[g] += time.perf_counter() - t0
             state[g] = (params, opt_state)
-            losses[g].append(loss)
-        if len(grads) == 2:
+            g_losses.append(loss)
+        if diffs is not None:
             # Blocking keeps this work out of the next step's timing.
             diff = jax.block_until_ready(_max_abs_diff(state["manual"][0], state["autodiff"][0]))
             diffs.append(diff)
+        if save_every and ((t + 1) % save_every == 0 or t + 1 == cfg["steps"]):
+            progress["step"] = t + 1
+            progress["runs"] = {g: dict(params=p, opt_state=o) for g, (p, o) in state.items()}
+            checkpoint.save_progress(mngr, progress, computation=cfg["computation"])
         if (t + 1) % every == 0 or t + 1 == cfg["steps"]:
-            post = {g: f"{float(host(losses[g][-1])):.4f}" for g in grads}
+            post = {g: f"{float(host(history[g][-1])):.4f}" for g in grads}
             if diffs:
                 post["gap"] = f"{float(host(diffs[-1])):.1e}"
             bar.set_postfix(post, refresh=False)
@@ -206,11 +277,10 @@ def train(cfg: dict, *, dtype, quiet: bool) -> dict:
         results[g] = dict(**evaluate(net, params, data, dtype), seconds=round(seconds[g], 4),
                           compile_seconds=round(compile_seconds[g], 4))
         results[g]["params"] = params
-    history = {g: np.array([host(v) for v in losses[g]], dtype=np.float64) for g in grads}
-    if diffs:
-        history["param_diff"] = np.array([host(v) for v in diffs], dtype=np.float64)
+    history = {c: np.array([host(v) for v in values], dtype=np.float64)
+               for c, values in history.items()}
     return dict(results=results, history=history,
-                max_param_diff=float(history["param_diff"].max()) if diffs else None)
+                max_param_diff=float(history["param_diff"].max()) if diffs is not None else None)
 
 
 def evaluate(net, params, data, dtype) -> dict:
@@ -224,38 +294,51 @@ def evaluate(net, params, data, dtype) -> dict:
     return out
 
 
-def write_outputs(cfg: dict, run: dict, summary: dict, staging: str) -> list[str]:
-    """Writes every output file into ``staging``; returns their names."""
+def write_outputs(cfg: dict, run: dict, summary: dict, out: str) -> list[str]:
+    """Writes every output file into ``out``, each atomically; returns their names."""
     import json
 
+    os.makedirs(out, exist_ok=True)
     names = ["results.json", "history.csv", "params.npz", "loss.png"]
-    with open(os.path.join(staging, "results.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+
+    def results_json(path):
+        with open(path, "w") as f:
+            json.dump(summary, f, indent=2)
+
     hist = run["history"]
     columns = list(hist)
-    with open(os.path.join(staging, "history.csv"), "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["step"] + [c if c == "param_diff" else f"{c}_loss" for c in columns])
-        for t, row in enumerate(zip(*(hist[c] for c in columns)), start=1):
-            writer.writerow([t] + [repr(float(v)) for v in row])
-    np.savez(os.path.join(staging, "params.npz"),
-             **{f"{g}_layer{l}_{name}": getattr(layer, name)
-                for g, r in run["results"].items()
-                for l, layer in enumerate(r["params"], start=1) for name in ("W", "W0")})
+
+    def history_csv(path):
+        with open(path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["step"] + [c if c == "param_diff" else f"{c}_loss" for c in columns])
+            for t, row in enumerate(zip(*(hist[c] for c in columns)), start=1):
+                writer.writerow([t] + [repr(float(v)) for v in row])
+
+    def params_npz(path):
+        np.savez(path, **{f"{g}_layer{l}_{name}": getattr(layer, name)
+                          for g, r in run["results"].items()
+                          for l, layer in enumerate(r["params"], start=1) for name in ("W", "W0")})
+
     import _plots as plots  # matplotlib only when writing
 
-    plots.loss_curves(hist, os.path.join(staging, "loss.png"), title=summary["title"])
+    writers = {"results.json": results_json, "history.csv": history_csv,
+               "params.npz": params_npz,
+               "loss.png": lambda path: plots.loss_curves(hist, path, title=summary["title"])}
     if cfg["data"].X_train.shape[1] == 2:
-        plots.boundaries(cfg["net"], {g: r["params"] for g, r in run["results"].items()},
-                         cfg["data"], os.path.join(staging, "boundary.png"))
         names.append("boundary.png")
+        writers["boundary.png"] = lambda path: plots.boundaries(
+            cfg["net"], {g: r["params"] for g, r in run["results"].items()}, cfg["data"], path)
+    for name in names:
+        atomic_write(os.path.join(out, name), writers[name])
     return names
 
 
 def main(*, dataset: str = DATASET, sizes=None, activations=None, loss: str = LOSS,
          optimizer: str = OPTIMIZER, lr: float | None = None, steps: int | None = None,
          batch_size: int = BATCH_SIZE, seed: int = SEED, grad: str = GRAD, x64: bool = False,
-         devices=DEVICES, out: str | None = None, quiet: bool = False) -> dict:
+         devices=DEVICES, out: str | None = None, quiet: bool = False,
+         checkpoint_every: int | None = None, resume: bool = False) -> dict:
     """Trains, prints a summary, writes the outputs; returns the results dict (as results.json).
 
     Args:
@@ -271,13 +354,21 @@ def main(*, dataset: str = DATASET, sizes=None, activations=None, loss: str = LO
       devices: how many devices to split each batch over, or "all".
       out: output directory (None: runs/<dataset>).
       quiet: no progress bar.
+      checkpoint_every: save a checkpoint in OUT/checkpoints every this many steps (and at
+        the last); None: none.
+      resume: go on from the latest checkpoint in OUT/checkpoints (same computation flags;
+        ``steps`` may be larger, ``devices`` may differ).
     """
     if x64:
         jax.config.update("jax_enable_x64", True)
     dtype = np.float64 if x64 else np.float32
     cfg = resolve(dataset=dataset, sizes=sizes, activations=activations, loss=loss,
                   optimizer=optimizer, lr=lr, steps=steps, batch_size=batch_size, seed=seed,
-                  grad=grad, devices=devices, out=out)
+                  grad=grad, devices=devices, out=out, dtype=dtype,
+                  checkpoint_every=checkpoint_every)
+    start = checkpoint.start_step(os.path.join(cfg["out"], "checkpoints"),
+                                  computation=cfg["computation"], steps=cfg["steps"],
+                                  resume=resume, checkpoint_every=checkpoint_every)
     data, net = cfg["data"], cfg["net"]
     title = (f"{dataset} {'-'.join(map(str, net.sizes))} {','.join(net.activations)} "
              f"{net.loss_name}, {cfg['optimizer']} lr={cfg['lr']:g}, B={cfg['batch_size']}")
@@ -285,7 +376,10 @@ def main(*, dataset: str = DATASET, sizes=None, activations=None, loss: str = LO
     if lead:
         print(backend_line(cfg["devices"], dtype))
         print(f"{title}: {cfg['steps']} steps, {len(data.y_train)} train / {len(data.y_test)} test")
-    run = train(cfg, dtype=dtype, quiet=quiet)
+        if start is not None:
+            print(f"resuming at step {start} from "
+                  f"{os.path.join(cfg['out'], 'checkpoints', str(start))}")
+    run = train(cfg, dtype=dtype, quiet=quiet, start=start)
     summary = dict(dataset=dataset, steps=cfg["steps"], devices=cfg["devices"],
                    dtype=np.dtype(dtype).name, backend=jax.default_backend(),
                    processes=jax.process_count(), batch_size=cfg["batch_size"], seed=seed,
@@ -298,7 +392,7 @@ def main(*, dataset: str = DATASET, sizes=None, activations=None, loss: str = LO
     summary["max_param_diff"] = run["max_param_diff"]
     if lead:
         _print_summary(summary)
-        names = publish(cfg["out"], lambda staging: write_outputs(cfg, run, summary, staging))
+        names = write_outputs(cfg, run, summary, cfg["out"])
         print(f"wrote {os.path.join(cfg['out'], '')}{{{', '.join(names)}}}")
     return summary
 
@@ -340,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEVICES})")
     p.add_argument("--out", default=None, help="output directory (default runs/<dataset>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                   help="save a checkpoint (Orbax) in OUT/checkpoints every N steps and at the "
+                        "last; the last few are kept")
+    p.add_argument("--resume", action="store_true",
+                   help="go on from the latest checkpoint in OUT/checkpoints; the flags that "
+                        "change the computation must match, --steps may grow")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host: call jax.distributed.initialize() first (auto-detects "
                         "SLURM, Open MPI, Cloud TPU; or pass the three flags below)")
@@ -365,7 +465,8 @@ def cli(argv=None) -> int:
         main(dataset=args.dataset, sizes=args.sizes, activations=args.activations,
              loss=args.loss, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
              batch_size=args.batch_size, seed=args.seed, grad=args.grad, x64=args.x64,
-             devices=devices, out=args.out, quiet=args.quiet)
+             devices=devices, out=args.out, quiet=args.quiet,
+             checkpoint_every=args.checkpoint_every, resume=args.resume)
     except FlagError as e:
         parser.error(str(e))
     return 0
