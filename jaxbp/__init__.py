@@ -16,6 +16,7 @@ from jaxbp._train import batch_mesh, make_step, replicate, shard_batch
 from jaxbp._verify import BackpropError, verify
 from jaxbp._verify_nn import check_module
 from jaxbp._vjp import check_vjp, custom_vjp
+from jaxbp._vjp_checking import CheckLog, checking
 from jaxbp import adapters, datasets, nn, testing  # testing: pytest assertions, public API only
 
 __version__ = "0.1.0"
@@ -24,6 +25,7 @@ __all__ = [
     "ACTIVATIONS",
     "Activation",
     "BackpropError",
+    "CheckLog",
     "Dense",
     "Factor",
     "IntermediateRow",
@@ -45,6 +47,7 @@ __all__ = [
     "check_intermediates",
     "check_intermediates",
     "check_vjp",
+    "checking",
     "contract",
     "custom_vjp",
     "datasets",

@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxbp._report import Report
 from jaxbp._tolerances import roundoff_budget
+from jaxbp._vjp_checking import checked_bwd, is_checking
 from jaxbp._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
     row as _row
 
@@ -159,13 +160,18 @@ def _leaf_names(primals):
     return names
 
 
-def custom_vjp(forward: Callable, backward: Callable) -> Callable:
+def custom_vjp(forward: Callable, backward: Callable, *, name: Optional[str] = None) -> Callable:
     """``forward`` whose gradient uses your ``backward``, via ``jax.custom_vjp``.
+
+    Inside ``with jaxbp.checking() as log:`` every call of ``backward`` is also
+    compared with ``jax.vjp(forward)`` at the same primals and cotangent (see
+    ``jaxbp.checking``); outside it the layer is the plain ``jax.custom_vjp``.
 
     Args:
       forward: (*primals) -> y.
       backward: (*primals, dy) -> one cotangent per primal (check it first with
         ``check_vjp``). Cotangents are cast to their primal's dtype.
+      name: the layer's name in a ``checking`` log (default ``forward.__name__``).
 
     Returns:
       A function like ``forward``; ``jax.grad``, ``jax.vjp`` and ``jax.jit``
@@ -179,6 +185,10 @@ def custom_vjp(forward: Callable, backward: Callable) -> Callable:
     """
     if not callable(forward) or not callable(backward):
         raise TypeError("forward and backward: expected functions")
+    if name is None:
+        name = getattr(forward, "__name__", None) or repr(forward)
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a string or None, got {type(name).__name__}")
     wrapped = jax.custom_vjp(forward)
 
     def fwd(*primals):
@@ -186,8 +196,11 @@ def custom_vjp(forward: Callable, backward: Callable) -> Callable:
 
     def bwd(primals, dy):
         cts = _as_cotangents(backward(*primals, dy), primals)
-        return tuple(jax.tree.map(lambda c, p: jnp.asarray(c).astype(jnp.result_type(p)), ct, p)
-                     for ct, p in zip(cts, primals))
+        cts = tuple(jax.tree.map(lambda c, p: jnp.asarray(c).astype(jnp.result_type(p)), ct, p)
+                    for ct, p in zip(cts, primals))
+        if is_checking():  # read while tracing: part of the jit key, so traced apart
+            checked_bwd(name, forward, primals, dy, cts)
+        return cts
 
     wrapped.defvjp(fwd, bwd)
     return functools.wraps(forward)(lambda *primals: wrapped(*primals))
