@@ -147,6 +147,42 @@ class IntermediatesReport:
         """``json.dumps(self.to_dict())``; keyword arguments go to ``json.dumps``."""
         return json.dumps(self.to_dict(), **kwargs)
 
+    def _view(self):
+        """The report in the views' row protocol (``jaxbp._report_view``)."""
+        from jaxbp import _report_view
+
+        lines = str(self).splitlines()
+        n_head = 2 if self.ok else 3  # verdict, (explanation,) the "values tapped" line
+        rows = tuple(_report_view.ViewRow(
+            label=r.name, max_rel_error=r.max_rel_error, budget=r.budget, ok=r.ok,
+            status=(f"SHAPE {r.given_shape}" if r.status == "shape"
+                    else r.status if r.ok else r.status.upper()),
+            cells=(("shape", str(r.shape)), ("max abs err", _fmt(r.max_abs_error)),
+                   ("worst index", "-" if r.worst_index is None else str(tuple(r.worst_index)))))
+            for r in self.rows)
+        details = tuple(line.strip() for line in lines[1:n_head]) + tuple(
+            f"note: {note}" for note in self.notes)
+        return _report_view.View(self.ok, lines[0], details, rows)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the verdict, then the table with rows coloured by status."""
+        from jaxbp import _report_view
+
+        return _report_view.html_table(self._view())
+
+    def plot(self, *, title: Optional[str] = None):
+        """Relative error per tapped value against its budget, log scale, first bad marked.
+
+        Args:
+          title: the axes' title (default: the verdict).
+
+        Returns:
+          A ``matplotlib.figure.Figure`` (built without pyplot). Needs matplotlib.
+        """
+        from jaxbp import _report_view
+
+        return _report_view.plot(self._view(), title=title)
+
     def __str__(self) -> str:
         what = "jaxbp.check_intermediates"
         if self.ok:

@@ -169,7 +169,7 @@ class Report:
         unit = "module" if self.mode in ("model", "module") else "layer"
         rows = tuple(_report_view.ViewRow(
             label=(r.parameter if r.layer is None else f"{unit} {r.layer} {r.parameter}"),
-            max_rel_error=r.max_rel_error, budget=r.budget,
+            max_rel_error=r.max_rel_error, budget=r.budget, ok=r.ok,
             status="NONFINITE" if r.nonfinite else ("ok" if r.ok else "WRONG"),
             cells=(("max abs err", _fmt(r.max_abs_error)),
                    ("worst ex", "-" if r.worst_example is None else str(r.worst_example)),

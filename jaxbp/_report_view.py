@@ -2,7 +2,8 @@
 
 Written once for every report type over a tiny row protocol: a report gives
 ``_view()`` -> ``View(ok, verdict, details, rows)``, each row a ``ViewRow``
-(``label``, ``max_rel_error``, ``budget``, ``status``, extra ``cells``). Then
+(``label``, ``max_rel_error``, ``budget``, ``ok``, ``status``, extra
+``cells``). Then
 
 * ``html_table(view)`` is the verdict and a ``<table>`` with one ``<tr>`` per
   row, coloured by status (``_repr_html_`` in Jupyter);
@@ -24,8 +25,12 @@ import io
 import math
 from typing import NamedTuple, Optional, Sequence
 
-STATUS_COLOURS = {"ok": "#d9f2d9", "WRONG": "#f8d0d0", "NONFINITE": "#e6d0f5"}
-_BAR_COLOURS = {"ok": "#3a9d3a", "WRONG": "#d03030", "NONFINITE": "#8a3fc0"}
+# Keyed by the status in lower case: "ok", "wrong", "nonfinite" (every report),
+# "shape" and "not given" (``check_intermediates``).
+STATUS_COLOURS = {"ok": "#d9f2d9", "wrong": "#f8d0d0", "nonfinite": "#e6d0f5",
+                  "shape": "#fbe3c4", "not given": "#eeeeee"}
+_BAR_COLOURS = {"ok": "#3a9d3a", "wrong": "#d03030", "nonfinite": "#8a3fc0",
+                "shape": "#e08a10", "not given": "#999999"}
 
 
 class ViewRow(NamedTuple):
@@ -33,22 +38,27 @@ class ViewRow(NamedTuple):
 
     Attributes:
       label: what the row compares (e.g. "layer 2 W", "primals[0]").
-      max_rel_error: the largest relative error (inf or NaN allowed).
-      budget: the allowed relative error.
-      status: "ok", "WRONG" or "NONFINITE".
+      max_rel_error: the largest relative error (inf or NaN allowed; None when
+        nothing was compared).
+      budget: the allowed relative error (None when nothing was compared).
+      ok: whether the row passed.
+      status: the text shown, e.g. "ok", "WRONG", "NONFINITE", "SHAPE (3,)",
+        "not given"; its first word, in lower case, picks the colour.
       cells: extra ``(column, text)`` pairs shown in the table only.
     """
 
     label: str
-    max_rel_error: float
-    budget: float
+    max_rel_error: Optional[float]
+    budget: Optional[float]
+    ok: bool
     status: str
     cells: tuple = ()
 
     @property
-    def ok(self) -> bool:
-        """Whether the row passed."""
-        return self.status == "ok"
+    def kind(self) -> str:
+        """The status's colour key: "ok", "wrong", "nonfinite", "shape" or "not given"."""
+        low = self.status.lower()
+        return next((k for k in STATUS_COLOURS if low.startswith(k)), "wrong")
 
 
 class View(NamedTuple):
@@ -96,8 +106,8 @@ def html_table(view: View) -> str:
         mark = "first bad" if i == bad else ""
         cells = [mark, r.label, fmt(r.max_rel_error), fmt(r.budget),
                  *(text for _, text in r.cells), r.status]
-        bg = STATUS_COLOURS.get(r.status, "#ffffff")
-        parts.append(f'<tr class="jaxbp-row jaxbp-{e(r.status.lower())}" '
+        bg = STATUS_COLOURS[r.kind]
+        parts.append(f'<tr class="jaxbp-row jaxbp-{r.kind.replace(" ", "-")}" '
                      f'style="background:{bg}">' + "".join(
                          f'<td style="padding:2px 8px">{e(str(c))}</td>' for c in cells)
                      + "</tr>")
@@ -106,8 +116,10 @@ def html_table(view: View) -> str:
 
 
 def _bar_end(x: Optional[float], low: float, high: float) -> float:
-    """Where a row's bar ends: 0 at the floor, inf or NaN at the ceiling."""
-    if x is None or not math.isfinite(x):
+    """Where a row's bar ends: 0 or None at the floor, inf or NaN at the ceiling."""
+    if x is None:
+        return low
+    if not math.isfinite(x):
         return high
     return min(max(x, low), high)
 
@@ -117,7 +129,8 @@ def plot(view: View, *, title: Optional[str] = None):
 
     Bars are the rows' max relative errors (coloured by status), black ticks
     their budgets. A zero error is drawn at the axis floor; inf or NaN at the
-    axis ceiling, labelled. The first bad row's label reads "first bad: ..."
+    axis ceiling, labelled; a row with no bar to see (a zero error, or
+    nothing compared: "not given") is labelled with its status. The first bad row's label reads "first bad: ..."
     (bold) and its bar is outlined.
 
     Raises:
@@ -136,10 +149,10 @@ def plot(view: View, *, title: Optional[str] = None):
     ax = fig.subplots()
     ys = list(range(len(rows)))
     ends = [_bar_end(r.max_rel_error, low, high) for r in rows]
-    ax.barh(ys, [end - low for end in ends], left=low, color=[_BAR_COLOURS.get(r.status, "gray") for r in rows],
-            height=0.6)
-    ax.scatter([_bar_end(r.budget, low, high) for r in rows], ys, marker="|", s=400,
-               color="black", label="budget", zorder=3)
+    ax.barh(ys, [end - low for end in ends], left=low, height=0.6,
+            color=[_BAR_COLOURS[r.kind] for r in rows])
+    budgets = [math.nan if r.budget is None else _bar_end(r.budget, low, high) for r in rows]
+    ax.scatter(budgets, ys, marker="|", s=400, color="black", label="budget", zorder=3)
     ax.set_xscale("log")
     ax.set_xlim(low, high)
     bad = first_bad(rows)
@@ -147,13 +160,17 @@ def plot(view: View, *, title: Optional[str] = None):
                        for i, r in enumerate(rows)])
     ax.invert_yaxis()  # the report's order, top to bottom
     for y, r in zip(ys, rows):
-        if r.max_rel_error is not None and not math.isfinite(r.max_rel_error):
+        if r.max_rel_error is None or r.max_rel_error <= low:  # no bar to see: say why
+            text = r.status if r.max_rel_error is None else f"{fmt(r.max_rel_error)} {r.status}"
+            ax.annotate(text, (low, y), xytext=(4, 0), textcoords="offset points",
+                        va="center", color=_BAR_COLOURS[r.kind])
+        elif not math.isfinite(r.max_rel_error):
             ax.annotate(fmt(r.max_rel_error), (high, y), xytext=(-4, 0),
                         textcoords="offset points", ha="right", va="center")
     if bad is not None:
         label = ax.get_yticklabels()[bad]
         label.set_fontweight("bold")
-        label.set_color(_BAR_COLOURS["WRONG"])
+        label.set_color(_BAR_COLOURS["wrong"])
         ax.patches[bad].set(edgecolor="black", linewidth=2)
     ax.set_xlabel("max relative error (bars) and budget (ticks)")
     ax.set_title(title or view.verdict, fontsize="small", loc="left")

@@ -27,7 +27,7 @@ from typing import Callable
 
 import jaxbp
 
-__all__ = ["assert_backprop", "assert_module", "assert_vjp"]
+__all__ = ["assert_backprop", "assert_intermediates", "assert_module", "assert_vjp"]
 
 
 def _check(name: str, check: Callable, *args, **kwargs):
@@ -130,3 +130,36 @@ def assert_module(module, params, X, **kwargs):
     """
     __tracebackhide__ = True
     return _check("assert_module", jaxbp.check_module, module, params, X, **kwargs)
+
+
+def assert_intermediates(forward: Callable, args, grads, **kwargs):
+    """Asserts your gradients of tapped values (``jaxbp.check_intermediates``).
+
+    Args:
+      forward: ``forward(*args, tap)`` returning a scalar loss; each checked
+        value v is marked with ``v = tap("v", v)``.
+      args: a tuple of forward's positional arguments.
+      grads: ``{name: your ∂loss/∂value}`` for any subset of the tapped names.
+      **kwargs: passed to ``jaxbp.check_intermediates`` (``rtol=``, ``atol=``).
+
+    Returns:
+      The ``jaxbp.IntermediatesReport``, when every given gradient has its
+      value's shape, is finite and is within budget.
+
+    Raises:
+      AssertionError: a given gradient is wrong; the message is the report
+        (the first bad value, the suspect, the table).
+
+    Example:
+      >>> import jax.numpy as jnp, jaxbp.testing
+      >>> def forward(w, x, *, tap):
+      ...     h = tap("h", jnp.tanh(w * x))
+      ...     return jnp.sum(h ** 2)
+      >>> w, x = jnp.ones(3), jnp.arange(3.0)
+      >>> dh = 2 * jnp.tanh(w * x)
+      >>> jaxbp.testing.assert_intermediates(forward, (w, x), {"h": dh}).ok
+      True
+    """
+    __tracebackhide__ = True
+    return _check("assert_intermediates", jaxbp.check_intermediates, forward, args, grads,
+                  **kwargs)

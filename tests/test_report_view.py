@@ -8,6 +8,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
@@ -27,6 +28,23 @@ def _nan_backprop(params, x, y):
     return (grads[0], jaxbp.Dense(grads[1].W * jnp.nan, grads[1].W0))
 
 
+def _tapped(w, x, *, tap):
+    w = tap("w", w)
+    h = tap("h", jnp.tanh(w * x))
+    u = tap("u", 2 * h)
+    return jnp.sum(u ** 2 + h)
+
+
+def _intermediates_report():
+    """h's gradient forgets the path straight to the loss; w's has the wrong shape."""
+    w, x = jnp.linspace(0.5, 1.5, 3), jnp.arange(3.0)
+    v = jaxbp.intermediates(_tapped, (w, x))
+    du = 2 * v["u"]
+    dh = 2 * du  # the "+ 1" from the loss's own h term is missing
+    dw = (dh + 1) * (1 - v["h"] ** 2) * x
+    return jaxbp.check_intermediates(_tapped, (w, x), {"u": du, "h": dh, "w": dw[None]})
+
+
 @pytest.fixture(scope="module")
 def reports():
     params = NET.init(jax.random.key(0), dtype=jnp.float64)
@@ -40,23 +58,34 @@ def reports():
         "nonfinite": jaxbp.verify(NET, params, X, Y, backprop=_nan_backprop),
         "vjp": jaxbp.check_vjp(forward, lambda x, dy: 2 * dy * (1 - jnp.tanh(x) ** 2),
                                jnp.linspace(-1.0, 1.0, 4)),
+        "intermediates": _intermediates_report(),
+        "intermediates, some not given": jaxbp.check_intermediates(
+            _tapped, (jnp.ones(3), jnp.arange(3.0)), {"u": 4 * jnp.tanh(jnp.arange(3.0))}),
     }
 
 
 def _status(row):
-    return "nonfinite" if row.nonfinite else ("ok" if row.ok else "wrong")
+    """The status class a row should get: Report rows, then check_intermediates rows."""
+    if isinstance(row, jaxbp.Row):
+        return "nonfinite" if row.nonfinite else ("ok" if row.ok else "wrong")
+    return row.status.replace(" ", "-")
 
 
-@pytest.mark.parametrize("name", ["right", "wrong", "nonfinite", "vjp"])
+NAMES = ["right", "wrong", "nonfinite", "vjp", "intermediates", "intermediates, some not given"]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_repr_html_is_the_verdict_then_a_row_per_leaf(reports, name):
     report = reports[name]
     text = report._repr_html_()
     verdict = str(report).splitlines()[0]
     assert text.index(verdict) < text.index("<table")
-    row_tags = re.findall(r'<tr class="jaxbp-row jaxbp-(\w+)" style="background:(#\w+)"', text)
+    row_tags = re.findall(r'<tr class="jaxbp-row jaxbp-([\w-]+)" style="background:(#\w+)"', text)
     assert [status for status, _ in row_tags] == [_status(r) for r in report.rows]
     colours = {status: colour for status, colour in row_tags}
     assert len(set(colours.values())) == len(colours)  # one colour per status
+    if name.startswith("intermediates"):
+        assert [s for s, _ in row_tags] != ["ok"] * len(row_tags)  # the cases show other statuses
     assert text.count("first bad") == (0 if report.ok else 1)
 
 
@@ -66,7 +95,7 @@ def test_repr_html_escapes_text(reports):
     assert "<script>" not in text and "&lt;script&gt;" in text
 
 
-@pytest.mark.parametrize("name", ["right", "wrong", "nonfinite", "vjp"])
+@pytest.mark.parametrize("name", NAMES)
 def test_plot_is_a_log_scale_figure_with_a_bar_per_leaf(reports, name):
     report = reports[name]
     fig = report.plot()
@@ -78,13 +107,17 @@ def test_plot_is_a_log_scale_figure_with_a_bar_per_leaf(reports, name):
     low, high = ax.get_xlim()
     for bar, row in zip(bars, report.rows):
         end = bar.get_x() + bar.get_width()
-        if not math.isfinite(row.max_rel_error):
+        if row.max_rel_error is None:
+            assert end == pytest.approx(low)  # nothing compared: no bar
+        elif not math.isfinite(row.max_rel_error):
             assert end == pytest.approx(high)  # inf and NaN at the ceiling
         elif row.max_rel_error > low:
             assert end == pytest.approx(row.max_rel_error, rel=1e-9)
     (budgets,) = ax.collections
-    assert [x for x, _ in budgets.get_offsets()] == pytest.approx(
-        [r.budget for r in report.rows], rel=1e-9)
+    ticks = np.ma.filled(np.ma.asarray(budgets.get_offsets())[:, 0].astype(float), np.nan)
+    assert list(ticks) == pytest.approx(
+        [math.nan if r.budget is None else r.budget for r in report.rows], rel=1e-9,
+        nan_ok=True)
     labels = [t.get_text() for t in ax.get_yticklabels()]
     marked = [i for i, t in enumerate(labels) if t.startswith("first bad")]
     first_bad = next((i for i, r in enumerate(report.rows) if not r.ok), None)

@@ -145,6 +145,45 @@ def test_assert_backprop_on_a_model_names_the_module(batch):
         jaxbp.testing.assert_backprop(model(_square(1.0)), params, batch, Y)
 
 
+def _mlp_loss(W1, W2, x, *, tap):
+    z = tap("z", x @ W1)
+    a = tap("a", jnp.tanh(z))
+    out = tap("out", a @ W2)
+    return jnp.sum(out ** 2)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    keys = jax.random.split(jax.random.key(8), 3)
+    args = (jax.random.normal(keys[0], (3, 4), jnp.float64),
+            jax.random.normal(keys[1], (4, 2), jnp.float64),
+            jax.random.normal(keys[2], (3,), jnp.float64))
+    W1, W2, x = args
+    z = x @ W1
+    dout = 2 * (jnp.tanh(z) @ W2)
+    da = W2 @ dout
+    return args, {"out": dout, "a": da, "z": da * (1 - jnp.tanh(z) ** 2)}
+
+
+def test_assert_intermediates_returns_the_report_when_right(mlp):
+    args, grads = mlp
+    report = jaxbp.testing.assert_intermediates(_mlp_loss, args, grads)
+    assert report.ok and [r.name for r in report.rows] == ["out", "a", "z"]
+    # the hand-written dz is jax.grad's, to round-off
+    W1, W2, x = args
+    truth = jax.grad(lambda z: jnp.sum((jnp.tanh(z) @ W2) ** 2))(x @ W1)
+    assert float(jnp.max(jnp.abs(grads["z"] - truth))) < 1e-12
+
+
+def test_assert_intermediates_fails_naming_the_value(mlp):
+    args, grads = mlp
+    z = args[2] @ args[0]
+    wrong = {**grads, "z": grads["a"] * (1 - z ** 2)}  # tanh' written as 1 − z²
+    with pytest.raises(AssertionError, match=r"check_intermediates: WRONG — dz, suspect: local "
+                                             r"derivative"):
+        jaxbp.testing.assert_intermediates(_mlp_loss, args, wrong)
+
+
 _FAILING_TEST = '''
 import jax, jax.numpy as jnp
 import jaxbp.testing
