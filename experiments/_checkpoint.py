@@ -9,7 +9,9 @@ One checkpoint is one Orbax step folder, ``DIR/<step>/``, holding two items:
 
 Orbax writes a step into ``<step>.orbax-checkpoint-tmp-<n>/`` and renames it to ``<step>/``
 only once every item is on disk, so a checkpoint is complete or absent: a run killed while
-saving leaves the previous one usable, and the next manager removes the leftover. Saves are
+saving leaves the previous one usable, and the next manager removes the leftover. Deleting a
+step (beyond the last ``KEEP``) is not atomic, so Orbax only renames it into ``DIR/.deleted/``,
+which is emptied here before each save. Saves are
 asynchronous (the arrays are copied to host memory, the writing goes on in a thread); call
 ``close`` before exiting. State is restored as host NumPy arrays shaped like a template, so
 it can be placed on any number of devices afterwards.
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -40,14 +43,16 @@ import numpy as np
 from _common import FlagError, host
 
 KEEP = 3  # the last few checkpoints; older ones are deleted once a newer one is complete
+TRASH = ".deleted"  # not a step name: Orbax's listing and ``steps_in`` skip it
 
 
 def manager(directory: str, *, keep: int = KEEP):
     """An Orbax ``CheckpointManager`` over ``directory`` (created if missing)."""
     import orbax.checkpoint as ocp  # only runs that checkpoint need orbax
 
+    _empty_trash(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           cleanup_tmp_directories=True)
+                                           cleanup_tmp_directories=True, todelete_subdir=TRASH)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options,
                                  item_names=("state", "meta"))
 
@@ -68,6 +73,8 @@ def save(mngr, step: int, state: Any, meta: dict) -> None:
     """
     import orbax.checkpoint as ocp
 
+    mngr.wait_until_finished()  # as mngr.save does first; then nothing is moving into the trash
+    _empty_trash(str(mngr.directory))
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             meta=ocp.args.JsonSave(jsonable(meta))))
 
@@ -99,7 +106,13 @@ def read_state(mngr, step: int, like: Any) -> Any:
 def close(mngr) -> None:
     """Waits for pending saves to be complete on disk, then releases the manager."""
     mngr.wait_until_finished()
+    _empty_trash(str(mngr.directory))
     mngr.close()
+
+
+def _empty_trash(directory: str) -> None:
+    # A kill while this runs leaves part of an old step in the trash, never in a step folder.
+    shutil.rmtree(os.path.join(directory, TRASH), ignore_errors=True)
 
 
 def jsonable(value: Any) -> Any:
