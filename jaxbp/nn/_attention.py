@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxbp._network import Dense
 from jaxbp.nn._module import Module, check_last_axis, check_rank
+from jaxbp.nn._per_example import PerExample, outer_sq_norms, row_sq_norms, scale_rows
 
 
 class Attention(NamedTuple):
@@ -79,6 +80,10 @@ def SelfAttention(num_heads: int, *, causal: bool = False) -> Module:
     Σ_q (Σ_k dS_qk) Q_q / √dh and every row of dS sums to 0). The backward returns it
     as round-off (~1e-16 of the gradients' scale in float64), as autodiff does.
 
+    Per example (private gradients): each projection is a Linear on (B, T, d) (inputs X
+    for q, k, v and O for the output), its norms by ``outer_sq_norms`` from the same
+    cotangents; the clipped sum rescales dQ, dK, dV and dY per example (no second backward).
+
     Args:
       num_heads: h, the number of heads; the width d must be divisible by it.
       causal: if True, position q attends only to positions k ≤ q.
@@ -146,13 +151,12 @@ def _self_attention(h: int, causal: bool) -> Module:
         Y = O @ params.output.W + params.output.W0.reshape(1, 1, d)  # (B, T, d) @ (d, d)
         return Y, _Residuals(X, Q, K, V, P, O)
 
-    def backward(params, residuals, dY):
+    def cotangents(params, residuals, dY):
+        """(∂L/∂[Q K V] (B, T, 3d), ∂L/∂X): everything but the parameter gradients."""
         X, Q, K, V, P, O = residuals
         B, T, d = X.shape
         dh = d // h
-        dY2 = dY.reshape(B * T, d)
-        d_output = Dense(O.reshape(B * T, d).T @ dY2, jnp.sum(dY2, axis=0))  # (d, BT) @ (BT, d)
-        dO = (dY2 @ params.output.W.T).reshape(B, T, h, dh)  # (BT, d) @ (d, d)
+        dO = (dY.reshape(B * T, d) @ params.output.W.T).reshape(B, T, h, dh)  # (BT, d) @ (d, d)
         dP = jnp.einsum("bqhe,bkhe->bhqk", dO, V)  # (B, h, T, T)
         dV = jnp.einsum("bhqk,bqhe->bkhe", P, dO)  # Pᵀ dO: (B, T, h, dh)
         # rowsum(dP ⊙ P) = rowsum(dO ⊙ O) per head: (B, T, h) -> (B, h, T, 1).
@@ -160,13 +164,34 @@ def _self_attention(h: int, causal: bool) -> Module:
         dS = P * (dP - rowsum) / jnp.sqrt(jnp.asarray(dh, X.dtype))  # with the 1/√dh of S
         dQ = jnp.einsum("bhqk,bkhe->bqhe", dS, K)  # (B, T, h, dh)
         dK = jnp.einsum("bhqk,bqhe->bkhe", dS, Q)  # dSᵀ Q: (B, T, h, dh)
-        dQKV = jnp.stack([dQ, dK, dV], axis=2).reshape(B * T, 3 * d)  # [dQ, dK, dV]
-        dW_qkv = X.reshape(B * T, d).T @ dQKV  # (d, BT) @ (BT, 3d) -> (d, 3d)
-        dW0_qkv = jnp.sum(dQKV, axis=0)  # (3d,)
+        dQKV = jnp.stack([dQ, dK, dV], axis=2).reshape(B, T, 3 * d)  # [dQ, dK, dV]
         W_qkv = jnp.concatenate([params.query.W, params.key.W, params.value.W], axis=1)
-        dX = (dQKV @ W_qkv.T).reshape(B, T, d)  # (BT, 3d) @ (3d, d)
+        dX = (dQKV.reshape(B * T, 3 * d) @ W_qkv.T).reshape(B, T, d)  # (BT, 3d) @ (3d, d)
+        return dQKV, dX
+
+    def param_grads(residuals, dQKV, dY):
+        """The four projections' gradients from their inputs (X, O) and cotangents."""
+        X, O = residuals.X, residuals.O
+        B, T, d = X.shape
+        dY2, dQKV2 = dY.reshape(B * T, d), dQKV.reshape(B * T, 3 * d)
+        d_output = Dense(O.reshape(B * T, d).T @ dY2, jnp.sum(dY2, axis=0))  # (d, BT) @ (BT, d)
+        dW_qkv = X.reshape(B * T, d).T @ dQKV2  # (d, BT) @ (BT, 3d) -> (d, 3d)
+        dW0_qkv = jnp.sum(dQKV2, axis=0)  # (3d,)
         d_query, d_key, d_value = (Dense(dW_qkv[:, i * d:(i + 1) * d], dW0_qkv[i * d:(i + 1) * d])
                                    for i in range(3))
-        return Attention(d_query, d_key, d_value, d_output), dX
+        return Attention(d_query, d_key, d_value, d_output)
 
-    return Module(name, init, forward, backward)
+    def backward(params, residuals, dY):
+        dQKV, dX = cotangents(params, residuals, dY)
+        return param_grads(residuals, dQKV, dY), dX
+
+    def per_example(params, residuals, dY):
+        # Each projection is a Linear on (B, T, d): X feeds q, k, v (their cotangents side by
+        # side, [dQ dK dV], give the three weight norms in one), O feeds the output.
+        dQKV, dX = cotangents(params, residuals, dY)
+        sq = (outer_sq_norms(residuals.X, dQKV) + row_sq_norms(jnp.sum(dQKV, axis=1))
+              + outer_sq_norms(residuals.O, dY) + row_sq_norms(jnp.sum(dY, axis=1)))
+        return PerExample(dX, sq, lambda c: param_grads(residuals, scale_rows(c, dQKV),
+                                                          scale_rows(c, dY)))
+
+    return Module(name, init, forward, backward, per_example)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.nn._module import Module
+from jaxbp.nn._per_example import PerExample, per_example_chain
 
 
 def split_key(key: Optional[jax.Array], n: int) -> tuple:
@@ -131,7 +132,14 @@ def _residual(modules: tuple) -> Module:
                                            prefix=f"{name}: inner ")
         return dparams, dY + dX_inner  # the skip path passes ∂L/∂Y unchanged
 
-    return Module(name, init, forward, backward)
+    def per_example(params, res, dY):
+        _, residuals = res
+        dX_inner, sq, sums = per_example_chain(modules, params, residuals, dY,
+                                               prefix=f"{name}: inner ")
+        return PerExample(dY + dX_inner, jnp.sum(sq, axis=-1),
+                          lambda c: tuple(weighted_sum(c) for weighted_sum in sums))
+
+    return Module(name, init, forward, backward, per_example)
 
 
 def Residual(*modules: Module) -> Module:
@@ -141,7 +149,8 @@ def Residual(*modules: Module) -> Module:
 
         ∂L/∂x = ∂L/∂Y + (the inner chain's ∂L/∂x, from ∂L/∂Y)
 
-    and the inner modules' parameter gradients are those of the inner chain.
+    and the inner modules' parameter gradients are those of the inner chain (and their
+    per-example norms add up, for private gradients).
     Params: a tuple, one entry per inner module.
 
     Example:

@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxbp._checks import check_float_dtype, is_concrete
 from jaxbp.nn._module import Module
+from jaxbp.nn._per_example import hook_from_backward, row_sq_norms, use_ghost
 
 
 class EmbeddingTable(NamedTuple):
@@ -34,6 +35,9 @@ def Embedding(vocab_size: int, dim: int) -> Module:
 
     a scatter-add of ∂L/∂Y into the rows of the ids (a repeated id adds up its
     positions' gradients; an unused row gets 0). The ids are integers: ∂L/∂ids is None.
+
+    Per example (private gradients): ‖dW_b‖² = Σ_v ‖Σ_{t: ids[b,t] = v} ∂L/∂Y[b, t]‖², a
+    repeated token's positions summed into one row before squaring.
 
     Ids are checked against vocab_size when they are concrete (called eagerly);
     under ``jax.jit`` the check is skipped and JAX's indexing rules apply.
@@ -90,4 +94,19 @@ def _embedding(vocab_size: int, dim: int) -> Module:
         dW = jnp.zeros_like(params.W).at[ids].add(dY)  # scatter-add: (B, T, dim) -> (V, dim)
         return EmbeddingTable(dW), None
 
-    return Module(name, init, forward, backward)
+    def sq_norms(params, ids, dY):
+        # Example b's gradient has row v = Σ_{t: ids[b, t] = v} G_b[t] (repeats add up), so
+        # ‖dW_b‖² = Σ_{t, s} [ids_t = ids_s] ⟨G_t, G_s⟩: the ghost form with one-hot inputs.
+        B = dY.shape[0]
+        ids, G = ids.reshape(B, -1), dY.reshape(B, -1, dim)  # (B, T), (B, T, dim)
+        T = ids.shape[1]
+        if T == 1:
+            return row_sq_norms(G)
+        if use_ghost(T, vocab_size, dim):
+            same = (ids[:, :, None] == ids[:, None, :]).astype(G.dtype)  # (B, T, T)
+            return jnp.einsum("bts,btk,bsk->b", same, G, G)
+        dW = jnp.zeros((B, vocab_size, dim), G.dtype).at[
+            jnp.arange(B)[:, None], ids].add(G)  # per-example tables (B, V, dim)
+        return row_sq_norms(dW)
+
+    return Module(name, init, forward, backward, hook_from_backward(backward, sq_norms))

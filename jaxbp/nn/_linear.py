@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from jaxbp._network import Dense
 from jaxbp.nn._module import Module, bias, check_last_axis, sum_but_last
+from jaxbp.nn._per_example import hook_from_backward, outer_sq_norms, row_sq_norms
 
 
 @functools.lru_cache(maxsize=None)
@@ -20,6 +21,10 @@ def Linear(n_out: int) -> Module:
         ∂L/∂a  = ∂L/∂z Wᵀ                      (B, ..., n) @ (n, m) -> (B, ..., m)
         ∂L/∂W  = Σ_{b,...} a ⊗ ∂L/∂z           (m, n)
         ∂L/∂W0 = Σ_{b,...} ∂L/∂z               (n,)
+
+    Per example (private gradients): W_b = A_bᵀ G_b over its T positions (T = 1 for
+    (B, m)), its squared norm by ``jaxbp.nn._per_example.outer_sq_norms`` (ghost or
+    materialized), plus ‖Σ_t G_b[t]‖² for W0.
 
     Args:
       n_out: n, the output width.
@@ -50,4 +55,10 @@ def Linear(n_out: int) -> Module:
         dW = A.T @ dZ.reshape(-1, dZ.shape[-1])  # (m, B·T) @ (B·T, n) -> (m, n)
         return Dense(dW, sum_but_last(dZ)), dX
 
-    return Module(name, init, forward, backward)
+    def sq_norms(params, X, dZ):
+        # Example b's gradient: W_b = A_bᵀ G_b over its T positions, W0_b = Σ_t G_b[t].
+        B = dZ.shape[0]
+        A, G = X.reshape(B, -1, X.shape[-1]), dZ.reshape(B, -1, dZ.shape[-1])  # (B, T, ·)
+        return outer_sq_norms(A, G) + row_sq_norms(jnp.sum(G, axis=1))
+
+    return Module(name, init, forward, backward, hook_from_backward(backward, sq_norms))

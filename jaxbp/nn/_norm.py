@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxbp.nn._module import Module, bias, check_last_axis, sum_but_last
+from jaxbp.nn._per_example import hook_from_backward, refuse, row_sq_norms
 
 
 class Norm(NamedTuple):
@@ -142,7 +143,13 @@ def _layer_norm(eps: float) -> Module:
     def backward(params, residuals, dY):
         return _norm_backward(params, residuals, dY, (dY.ndim - 1,))
 
-    return Module(name, init, forward, backward)
+    def sq_norms(params, residuals, dY):
+        # Example b's γ and β gradients, (B, d) each: Σ over its positions.
+        B, d = dY.shape[0], dY.shape[-1]
+        dgamma = jnp.sum((dY * residuals.x_hat).reshape(B, -1, d), axis=1)
+        return row_sq_norms(dgamma) + row_sq_norms(jnp.sum(dY.reshape(B, -1, d), axis=1))
+
+    return Module(name, init, forward, backward, hook_from_backward(backward, sq_norms))
 
 
 def BatchNorm(eps: float = 1e-5) -> Module:
@@ -187,4 +194,8 @@ def _batch_norm(eps: float) -> Module:
     def backward(params, residuals, dY):
         return _norm_backward(params, residuals, dY, tuple(range(dY.ndim - 1)))
 
-    return Module(name, init, forward, backward)
+    no_per_example = refuse(
+        f"{name} mixes examples: each output depends on the whole batch's mean and variance, "
+        f"so an example's gradient is not its own and clipping cannot bound one example's "
+        f"influence (no per-example gradient exists); use LayerNorm for private gradients")
+    return Module(name, init, forward, backward, no_per_example)

@@ -24,10 +24,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp import _checks
+from jaxbp._ghost import check_max_norm as _ghost_check_max_norm
 from jaxbp._losses import get_loss
 from jaxbp.nn._activation import Activation
 from jaxbp.nn._compose import backward_chain, forward_chain
 from jaxbp.nn._module import Module
+from jaxbp.nn import _private
 
 
 # ---------------------------------------------------------------- pure cores
@@ -248,3 +250,82 @@ class Sequential:
     def grad(self, params, X, Y, *, key: Optional[jax.Array] = None) -> tuple:
         """∂L/∂params (a tuple like params), as ``value_and_grad(...)[1]``."""
         return self.value_and_grad(params, X, Y, key=key)[1]
+
+    # -- private gradients (jaxbp.nn._private): one forward, one backward with per-example hooks
+    def _per_example_start(self, params, X, Y, key):
+        """(losses (B,), residuals, dY, n): the forward, each example's own loss ℓ_b (the mean
+        over its positions) and ∂ℓ_b/∂(the chain's output) in row b, n modules in the chain."""
+        A, residuals, _, Z = _run_forward(self, params, X, key)
+        B = X.shape[0]
+        losses = jnp.mean(_loss_terms(self, A, Z, Y).reshape(B, -1), axis=1)
+        dY = _top_delta(self, A, Z, Y) * B  # ∂L/∂· over N = B·T positions, times B: over T
+        return losses, residuals, dY, len(self.modules) - (1 if self.fused else 0)
+
+    def per_example_grad_norms(self, params, X, Y, *, per_layer: bool = False,
+                               key: Optional[jax.Array] = None) -> jax.Array:
+        """‖∂ℓ_b/∂params‖ for each example b (ℓ_b: ``loss`` on example b alone), no vmap.
+
+        Args:
+          params, X, Y: as for ``value_and_grad``.
+          per_layer: if True, one norm per module, shape (B, len(modules)) (0 for modules
+            without parameters); rows have the total norms as their L2 norms.
+          key: Dropout's key, as for ``value_and_grad``.
+
+        Returns:
+          (B,), or (B, len(modules)) with ``per_layer``. Raises ValueError for a module with
+          parameters but no ``per_example`` hook, and for BatchNorm (it mixes examples).
+        """
+        params, X, Y = self._inputs(params, X, Y)
+        return _private.per_example_grad_norms(self, params, X, Y, key, per_layer=bool(per_layer))
+
+    def clipped_grad(self, params, X, Y, max_norm, *, key: Optional[jax.Array] = None) -> tuple:
+        """(1/B) Σ_b scale_b ∂ℓ_b/∂params, scale_b = max_norm / max(‖∂ℓ_b/∂params‖, max_norm).
+
+        The mean of per-example gradients each clipped to norm ≤ max_norm (DP-SGD without
+        noise), from one forward and one backward pass (see ``jaxbp.nn._private``).
+
+        Args:
+          params, X, Y: as for ``value_and_grad``.
+          max_norm: the clipping norm C, a finite number > 0.
+          key: Dropout's key, as for ``value_and_grad``.
+
+        Returns:
+          A tuple like params.
+        """
+        params, X, Y = self._inputs(params, X, Y)
+        max_norm = _ghost_check_max_norm(max_norm, _private.grad_dtype(params, X))
+        return _private.clipped_grad(self, params, X, Y, max_norm, key)
+
+    def private_grad(self, params, X, Y, *, max_norm, noise_multiplier, key: jax.Array,
+                     dropout_key: Optional[jax.Array] = None, mask=None, batch_size=None) -> tuple:
+        """The DP-SGD gradient (Σ_b m_b scale_b ∂ℓ_b/∂params + N(0, (σ·C)² I)) / D.
+
+        Without mask and batch_size: ``clipped_grad`` plus Gaussian noise of standard
+        deviation noise_multiplier · max_norm / B on every entry.
+
+        Args:
+          params, X, Y: as for ``value_and_grad``.
+          max_norm: the clipping norm C > 0.
+          noise_multiplier: σ ≥ 0.
+          key: PRNG key for the noise.
+          dropout_key: Dropout's key (``key`` of ``value_and_grad``); None: no dropout.
+          mask: optional (B,) booleans, false for the padding rows of a batch padded to a
+            fixed size (Poisson sampling); those rows contribute nothing.
+          batch_size: D, the divisor; default B (under Poisson sampling: q·N, the expected size).
+
+        Returns:
+          A tuple like params.
+        """
+        return self._private_value_and_grad(params, X, Y, max_norm=max_norm,
+                                            noise_multiplier=noise_multiplier, key=key,
+                                            dropout_key=dropout_key, mask=mask,
+                                            batch_size=batch_size)[1]
+
+    def _private_value_and_grad(self, params, X, Y, *, max_norm, noise_multiplier, key,
+                                dropout_key=None, mask=None, batch_size=None):
+        """(mean loss over the real examples, ``private_grad``): for ``jaxbp.make_step``."""
+        params, X, Y = self._inputs(params, X, Y)
+        max_norm, weight, denominator = _private.check_private(
+            _private.grad_dtype(params, X), X, max_norm, noise_multiplier, key, mask, batch_size)
+        return _private.private_value_and_grad(self, params, X, Y, max_norm, noise_multiplier,
+                                               key, dropout_key, weight, denominator)
