@@ -12,6 +12,7 @@ from jaxbp.nn._embedding import Embedding, EmbeddingTable
 from jaxbp.nn._dropout import Dropout
 from jaxbp.nn._attention import Attention, SelfAttention
 from jaxbp.nn._compose import Residual
+from jaxbp.nn._per_example import PerExample, hook_from_backward
 from jaxbp.nn._sequential import Sequential
 
 __all__ = [
@@ -26,7 +27,9 @@ __all__ = [
     "Module",
     "Norm",
     "NormResiduals",
+    "PerExample",
     "Residual",
     "SelfAttention",
     "Sequential",
+    "hook_from_backward",
 ]
