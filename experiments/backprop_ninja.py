@@ -1,0 +1,492 @@
+"""Becoming a backprop ninja in JAX: check a hand-written backward pass, every intermediate.
+
+The network and its intermediates are those of Karpathy's exercise (nn-zero-to-hero, makemore
+part 4): a character-level model that reads 3 previous characters, embeds each in 10 dimensions
+(C), concatenates them, then Linear 30→64 (W1, b1), batchnorm with Bessel-corrected variance
+(bngain, bnbias), tanh, Linear 64→27 (W2, b2) and cross-entropy spelled out as logit_maxes,
+norm_logits, counts, counts_sum, counts_sum_inv, probs, logprobs. ``backward`` below derives
+∂loss/∂(each of the 26 tapped values) by hand, without autodiff; ``jaxbp.check_intermediates``
+checks every one against float64 ``jax.grad`` and prints a table. Then both the manual gradients
+and ``jax.grad`` train the net with Optax (SGD) in lockstep on the same batches.
+
+Corpus: 513 common English given names written out for jaxbp (experiments/_names.py), so nothing
+is downloaded; ``--corpus FILE`` reads one word per line instead (letters a–z). 90% of the names
+train, 10% are held out.
+
+    python experiments/backprop_ninja.py                      # check (table), then train
+    python experiments/backprop_ninja.py --bug bessel_n       # plant a classic mistake
+    python experiments/backprop_ninja.py --x64                # float64 throughout
+
+Exit code: 0 when every intermediate is right (the net is then trained); 1 when the check finds a
+wrong one (always with ``--bug``): the report names it and nothing is trained, since wrong
+gradients would only train a wrong model; 2 on a bad flag. Writes DIR/results.json (the report,
+the settings and, after training, the losses) and DIR/check.png (each intermediate's error
+as a fraction of its budget), plus DIR/loss.png after training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxbp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # siblings, also when imported
+from _common import FlagError, Parser, allowed, backend_line, check_writable, publish  # noqa: E402,I001
+from _names import NAMES  # noqa: E402
+
+# ---------------------------------------------------------------- knobs (= CLI defaults)
+BLOCK_SIZE = 3          # characters of context
+EMBEDDING = 10          # n_embd
+HIDDEN = 64             # n_hidden
+BATCH_SIZE = 32
+STEPS = 3000
+LR = 0.1                # plain SGD, as in the exercise
+SEED = 0
+OUT = os.path.join("runs", "backprop_ninja")
+VOCAB = "." + "abcdefghijklmnopqrstuvwxyz"  # "." starts and ends every word
+BN_EPS = 1e-5
+
+# Each classic mistake: (what it does, the value the report must name, the suspect).
+BUGS = {
+    "missing_1_over_n": ("dlogprobs = −1 instead of −1/n at the targets", "logprobs", "scale"),
+    "counts_overwrite": ("dcounts = dcounts_sum: = instead of += (the probs path is lost)",
+                         "counts", "missing path"),
+    "logits_overwrite": ("dlogits = one_hot · dlogit_maxes: = instead of += (the norm_logits "
+                         "path is lost)", "logits", "missing path"),
+    "tanh_derivative": ("dhpreact = (1 − hpreact²) dh instead of (1 − h²) dh", "hpreact",
+                        "local derivative"),
+    "bngain_shape": ("dbngain summed without keepdims: (64,) for a (1, 64) value", "bngain",
+                     "shape"),
+    "bessel_n": ("dbndiff2 = dbnvar / n instead of / (n − 1) (Bessel's correction)", "bndiff2",
+                 "scale"),
+    "bndiff_overwrite": ("dbndiff = 2 bndiff dbndiff2: = instead of += (the bnraw path is lost)",
+                         "bndiff", "missing path"),
+    "embedding_assign": ("dC[ix] = demb (assignment) instead of dC[ix] += demb (scatter-add)",
+                         "C", "local derivative"),
+}
+
+
+# ------------------------------------------------------------------------ the model
+
+def init(key, *, hidden: int = HIDDEN, embedding: int = EMBEDDING, dtype=jnp.float32) -> dict:
+    """The exercise's parameters, with its deliberately non-standard scales (so that an
+    all-zero bias cannot hide a wrong gradient)."""
+    k = jax.random.split(key, 7)
+    vocab, fan_in = len(VOCAB), embedding * BLOCK_SIZE
+    normal = lambda i, shape: jax.random.normal(k[i], shape, dtype)  # noqa: E731
+    return {"C": normal(0, (vocab, embedding)),
+            "W1": normal(1, (fan_in, hidden)) * (5 / 3) / fan_in ** 0.5,
+            "b1": normal(2, (hidden,)) * 0.1,     # useless before batchnorm: its gradient is ~0
+            "W2": normal(3, (hidden, vocab)) * 0.1,
+            "b2": normal(4, (vocab,)) * 0.1,
+            "bngain": normal(5, (1, hidden)) * 0.1 + 1.0,
+            "bnbias": normal(6, (1, hidden)) * 0.1}
+
+
+def forward(params: dict, X, Y, *, tap):
+    """The loss, one small step at a time, every value tapped.
+
+    Args:
+      params: as ``init`` returns.
+      X: (n, 3) int indices of the previous characters; Y: (n,) the next one.
+      tap: ``tap(name, value) -> value`` (identity for plain use).
+
+    Returns:
+      The mean cross-entropy, a scalar.
+    """
+    n = X.shape[0]
+    C = tap("C", params["C"])
+    emb = tap("emb", C[X])                                          # (n, 3, 10)
+    embcat = tap("embcat", emb.reshape(n, -1))                      # (n, 30)
+    W1, b1 = tap("W1", params["W1"]), tap("b1", params["b1"])
+    hprebn = tap("hprebn", embcat @ W1 + b1[None, :])               # (n, 30) @ (30, 64)
+    bnmeani = tap("bnmeani", hprebn.sum(0, keepdims=True) / n)      # (1, 64)
+    bndiff = tap("bndiff", hprebn - bnmeani)
+    bndiff2 = tap("bndiff2", bndiff ** 2)
+    bnvar = tap("bnvar", bndiff2.sum(0, keepdims=True) / (n - 1))   # Bessel: n − 1
+    bnvar_inv = tap("bnvar_inv", (bnvar + BN_EPS) ** -0.5)
+    bnraw = tap("bnraw", bndiff * bnvar_inv)
+    bngain, bnbias = tap("bngain", params["bngain"]), tap("bnbias", params["bnbias"])
+    hpreact = tap("hpreact", bngain * bnraw + bnbias)
+    h = tap("h", jnp.tanh(hpreact))
+    W2, b2 = tap("W2", params["W2"]), tap("b2", params["b2"])
+    logits = tap("logits", h @ W2 + b2[None, :])                    # (n, 64) @ (64, 27)
+    logit_maxes = tap("logit_maxes", logits.max(1, keepdims=True))
+    norm_logits = tap("norm_logits", logits - logit_maxes)
+    counts = tap("counts", jnp.exp(norm_logits))
+    counts_sum = tap("counts_sum", counts.sum(1, keepdims=True))
+    counts_sum_inv = tap("counts_sum_inv", counts_sum ** -1)
+    probs = tap("probs", counts * counts_sum_inv)
+    logprobs = tap("logprobs", jnp.log(probs))
+    return -jnp.mean(logprobs[jnp.arange(n), Y])
+
+
+def backward(v: dict, X, Y, *, bug: str | None = None) -> dict:
+    """∂loss/∂(every tapped value) by hand: the chain rule one step at a time, no autodiff.
+
+    Each line is the local derivative of one forward line times the incoming gradient; a
+    value used twice (counts, logits, bndiff, hprebn) sums the gradients of its uses.
+
+    Args:
+      v: the forward's intermediates (``jaxbp.intermediates(forward, (params, X, Y))``).
+      X, Y: the batch.
+      bug: None, or a key of ``BUGS`` to plant that mistake.
+
+    Returns:
+      ``{name: ∂loss/∂name}``, each shaped like ``v[name]``.
+    """
+    n = X.shape[0]
+    # loss = −(1/n) Σ_b logprobs[b, Y_b]
+    dlogprobs = jnp.zeros_like(v["logprobs"]).at[jnp.arange(n), Y].set(
+        -1.0 if bug == "missing_1_over_n" else -1.0 / n)
+    dprobs = dlogprobs / v["probs"]                                 # log' = 1/x
+    # probs = counts · counts_sum_inv (broadcast over the row: sum it back)
+    dcounts_sum_inv = (v["counts"] * dprobs).sum(1, keepdims=True)
+    dcounts = v["counts_sum_inv"] * dprobs
+    dcounts_sum = -v["counts_sum"] ** -2 * dcounts_sum_inv          # (x⁻¹)' = −x⁻²
+    ones = jnp.ones_like(v["counts"])
+    if bug == "counts_overwrite":
+        dcounts = ones * dcounts_sum
+    else:
+        dcounts = dcounts + ones * dcounts_sum                      # counts_sum = Σ_j counts
+    dnorm_logits = v["counts"] * dcounts                            # exp' = exp
+    dlogit_maxes = -dnorm_logits.sum(1, keepdims=True)              # ≈ 0: probs ignore shifts
+    picked = jax.nn.one_hot(jnp.argmax(v["logits"], 1), len(VOCAB), dtype=dnorm_logits.dtype)
+    if bug == "logits_overwrite":
+        dlogits = picked * dlogit_maxes
+    else:
+        dlogits = dnorm_logits + picked * dlogit_maxes              # max picks one entry
+    dh = dlogits @ v["W2"].T                                        # (n, 27) @ (27, 64)
+    dW2 = v["h"].T @ dlogits                                        # (64, n) @ (n, 27)
+    db2 = dlogits.sum(0)
+    if bug == "tanh_derivative":
+        dhpreact = (1.0 - v["hpreact"] ** 2) * dh
+    else:
+        dhpreact = (1.0 - v["h"] ** 2) * dh                         # tanh' = 1 − tanh²
+    dbngain = (v["bnraw"] * dhpreact).sum(0, keepdims=bug != "bngain_shape")
+    dbnraw = v["bngain"] * dhpreact
+    dbnbias = dhpreact.sum(0, keepdims=True)
+    dbndiff = v["bnvar_inv"] * dbnraw
+    dbnvar_inv = (v["bndiff"] * dbnraw).sum(0, keepdims=True)
+    dbnvar = -0.5 * (v["bnvar"] + BN_EPS) ** -1.5 * dbnvar_inv
+    divisor = n if bug == "bessel_n" else n - 1
+    dbndiff2 = jnp.ones_like(v["bndiff2"]) * dbnvar / divisor       # bnvar = Σ_b bndiff2 / (n−1)
+    if bug == "bndiff_overwrite":
+        dbndiff = 2 * v["bndiff"] * dbndiff2
+    else:
+        dbndiff = dbndiff + 2 * v["bndiff"] * dbndiff2              # bndiff feeds bnraw and bndiff2
+    dbnmeani = -dbndiff.sum(0, keepdims=True)
+    dhprebn = dbndiff + jnp.ones_like(v["hprebn"]) * dbnmeani / n   # bnmeani = Σ_b hprebn / n
+    dembcat = dhprebn @ v["W1"].T                                   # (n, 64) @ (64, 30)
+    dW1 = v["embcat"].T @ dhprebn
+    db1 = dhprebn.sum(0)                                            # ≈ 0: batchnorm removes it
+    demb = dembcat.reshape(v["emb"].shape)
+    if bug == "embedding_assign":
+        dC = jnp.zeros_like(v["C"]).at[X].set(demb)
+    else:
+        dC = jnp.zeros_like(v["C"]).at[X].add(demb)                 # a character used k times
+    return {"logprobs": dlogprobs, "probs": dprobs, "counts_sum_inv": dcounts_sum_inv,
+            "counts_sum": dcounts_sum, "counts": dcounts, "norm_logits": dnorm_logits,
+            "logit_maxes": dlogit_maxes, "logits": dlogits, "h": dh, "W2": dW2, "b2": db2,
+            "hpreact": dhpreact, "bngain": dbngain, "bnbias": dbnbias, "bnraw": dbnraw,
+            "bnvar_inv": dbnvar_inv, "bnvar": dbnvar, "bndiff2": dbndiff2, "bndiff": dbndiff,
+            "bnmeani": dbnmeani, "hprebn": dhprebn, "embcat": dembcat, "W1": dW1, "b1": db1,
+            "emb": demb, "C": dC}
+
+
+def loss_fn(params, X, Y):
+    """The same loss without taps (for jax.grad and evaluation)."""
+    return forward(params, X, Y, tap=lambda name, value: value)
+
+
+def manual_value_and_grad(params, X, Y):
+    """(loss, ∂loss/∂params) from the hand-written backward (what training uses)."""
+    v = jaxbp.intermediates(forward, (params, X, Y))
+    d = backward(v, X, Y)
+    n = X.shape[0]
+    loss = -jnp.mean(v["logprobs"][jnp.arange(n), Y])
+    return loss, {name: d[name] for name in params}
+
+
+# ---------------------------------------------------------------------------- data
+
+def dataset(words, *, block_size: int = BLOCK_SIZE):
+    """(X, Y): every (3 previous characters, next character) pair of every word."""
+    index = {ch: i for i, ch in enumerate(VOCAB)}
+    X, Y = [], []
+    for w in words:
+        context = [0] * block_size
+        for ch in w + ".":
+            X.append(context)
+            Y.append(index[ch])
+            context = context[1:] + [index[ch]]
+    return np.array(X, np.int32), np.array(Y, np.int32)
+
+
+def load_words(corpus: str | None) -> list:
+    """The built-in names, or one word per line of ``corpus``; letters a–z only."""
+    if corpus is None:
+        return list(NAMES)
+    try:
+        with open(corpus) as f:
+            words = [line.strip().lower() for line in f if line.strip()]
+    except OSError as e:
+        raise FlagError("--corpus", f"cannot read {corpus!r} ({e.strerror}); allowed: a text "
+                                    "file with one word per line") from None
+    bad = [w for w in words if not (w.isascii() and w.isalpha())]
+    if bad:
+        raise FlagError("--corpus", f"{corpus!r}: {bad[0]!r} is not a word of letters a–z; "
+                                    "allowed: one word per line, letters a–z")
+    if len(words) < 10:
+        raise FlagError("--corpus", f"{corpus!r} has {len(words)} words; need at least 10")
+    return words
+
+
+def split(words, seed: int):
+    """90% / 10% of the words (shuffled with ``seed``) as train / held-out (X, Y)."""
+    order = np.random.default_rng(seed).permutation(len(words))
+    cut = int(0.9 * len(words))
+    return (dataset([words[i] for i in order[:cut]]),
+            dataset([words[i] for i in order[cut:]]))
+
+
+# ------------------------------------------------------------------------ the check
+
+def check(params, X, Y, *, bug=None) -> jaxbp.IntermediatesReport:
+    """The hand-written gradients of every intermediate on one batch, checked."""
+    v = jaxbp.intermediates(forward, (params, X, Y))
+    grads = backward(v, X, Y, bug=bug)
+    return jaxbp.check_intermediates(forward, (params, X, Y), grads)
+
+
+# ---------------------------------------------------------------------------- train
+
+GRADS = {"manual": manual_value_and_grad, "autodiff": jax.value_and_grad(loss_fn)}
+
+
+def make_step(value_and_grad, optimizer):
+    """``step(params, opt_state, X, Y) -> (params, opt_state, loss)`` with these gradients."""
+    def step(params, opt_state, X, Y):
+        loss, grads = value_and_grad(params, X, Y)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+    return step
+
+
+def make_lockstep(optimizer):
+    """One jitted call runs K steps of both runs on the same K batches (a ``lax.scan``):
+    ``(state, Xs (K, B, 3), Ys (K, B)) -> (state, losses {grad: (K,)}, gaps (K,))``."""
+    steps = {g: make_step(vg, optimizer) for g, vg in GRADS.items()}
+
+    def body(state, batch):
+        state = {g: step(state[g][0], state[g][1], *batch) for g, step in steps.items()}
+        gap = jnp.max(jnp.stack([jnp.max(jnp.abs(state["manual"][0][k] - state["autodiff"][0][k]))
+                                 for k in state["manual"][0]]))
+        return state, ({g: state[g][2] for g in steps}, gap)
+
+    @jax.jit
+    def lockstep(state, Xs, Ys):
+        return jax.lax.scan(body, state, (Xs, Ys))
+
+    return lockstep
+
+
+def train(params, data, *, steps, batch_size, lr, seed, quiet) -> dict:
+    """Manual gradients and jax.grad from the same init on the same batches (lockstep)."""
+    from tqdm import tqdm
+
+    (Xtr, Ytr), _ = data
+    optimizer = optax.sgd(lr)
+    lockstep = make_lockstep(optimizer)
+    no_loss = jnp.zeros((), params["C"].dtype)  # (params, opt_state, last loss) per run
+    state = {g: (params, optimizer.init(params), no_loss) for g in GRADS}
+    idx = np.random.default_rng(seed + 1).integers(0, len(Xtr), (steps, batch_size))
+    chunk = max(1, steps // 50)
+    losses, gaps = {g: [] for g in GRADS}, []
+    show = not quiet and sys.stderr.isatty()
+    bar = tqdm(total=steps, disable=not show, desc="train")
+    t0 = time.perf_counter()
+    for start in range(0, steps, chunk):
+        batch = idx[start:start + chunk]
+        state, (loss, gap) = lockstep(state, jnp.asarray(Xtr[batch]), jnp.asarray(Ytr[batch]))
+        for g in GRADS:
+            losses[g].append(np.asarray(loss[g], np.float64))
+        gaps.append(np.asarray(gap, np.float64))
+        bar.set_postfix(manual=f"{losses['manual'][-1][-1]:.4f}", gap=f"{gaps[-1][-1]:.1e}",
+                        refresh=False)
+        bar.update(len(batch))
+    bar.close()
+    seconds = time.perf_counter() - t0
+    history = {g: np.concatenate(losses[g]) for g in GRADS}
+    history["param_diff"] = np.concatenate(gaps)
+    return dict(params={g: state[g][0] for g in GRADS}, history=history, seconds=seconds)
+
+
+def evaluate(params, data) -> dict:
+    """Train and held-out loss, each split as one batch (batchnorm uses that split's stats)."""
+    (Xtr, Ytr), (Xte, Yte) = data
+    f = jax.jit(loss_fn)
+    return {"train_loss": float(f(params, Xtr, Ytr)), "heldout_loss": float(f(params, Xte, Yte))}
+
+
+# ---------------------------------------------------------------------------- outputs
+
+def plot_check(report, path: str, *, title: str) -> None:
+    """Each intermediate's max abs error as a fraction of its budget (log scale; < 1 passes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report.rows if r.max_abs_error is not None]
+    floor = 1e-4
+    ratio = [float(np.clip(r.max_abs_error / r.budget_abs if r.budget_abs > 0 else np.inf,
+                           floor, 1e6)) for r in rows]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    x = np.arange(len(rows))
+    ax.bar(x, ratio, bottom=floor, color=["C2" if r.ok else "C3" for r in rows])
+    ax.axhline(1.0, color="k", lw=1, ls="--", label="budget")
+    ax.set_xticks(x, [r.name for r in rows], rotation=70, fontsize=8)
+    ax.set(yscale="log", ylabel="max |yours − truth| / budget", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(report, run, summary, staging: str) -> list[str]:
+    names = ["results.json", "check.png"]
+    with open(os.path.join(staging, "results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    plot_check(report, os.path.join(staging, "check.png"), title=summary["title"])
+    if run is not None:
+        import _plots as plots
+
+        plots.loss_curves(run["history"], os.path.join(staging, "loss.png"),
+                          title=summary["title"])
+        names.append("loss.png")
+    return names
+
+
+# ------------------------------------------------------------------------------ main
+
+def main(*, bug: str | None = None, steps: int = STEPS, batch_size: int = BATCH_SIZE,
+         lr: float = LR, hidden: int = HIDDEN, seed: int = SEED, x64: bool = False,
+         corpus: str | None = None, out: str = OUT, quiet: bool = False) -> dict:
+    """Checks the hand-written backward on one batch, prints the table; trains if it is right.
+
+    Args:
+      bug: None, or a key of ``BUGS``: plant that mistake (then nothing is trained).
+      steps: SGD steps of each run; batch_size: examples per step (and in the check).
+      lr: the SGD learning rate.
+      hidden: n_hidden, the width of the batchnorm/tanh layer.
+      seed: init, split and batch order.
+      x64: float64 instead of float32.
+      corpus: a text file, one word per line; None: the built-in names.
+      out: output directory.
+      quiet: no progress bar.
+
+    Returns:
+      The results dict (as results.json); ``summary["ok"]`` is the check's verdict.
+    """
+    if bug is not None and bug not in BUGS:
+        raise FlagError("--bug", f"unknown bug {bug!r}; {allowed(BUGS)}")
+    for flag, value, low in (("--steps", steps, 1), ("--batch-size", batch_size, 2),
+                             ("--hidden", hidden, 1)):
+        if not (isinstance(value, int) and value >= low):
+            raise FlagError(flag, f"expected an int >= {low}, got {value!r}")
+    if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
+        raise FlagError("--lr", f"expected a positive number, got {lr!r}")
+    check_writable(out)
+    words = load_words(corpus)
+    if x64:
+        jax.config.update("jax_enable_x64", True)
+    dtype = jnp.float64 if x64 else jnp.float32
+    data = split(words, seed)
+    (Xtr, Ytr), _ = data
+    if batch_size > len(Xtr):
+        raise FlagError("--batch-size", f"expected 2..{len(Xtr)} (the training examples), got "
+                                        f"{batch_size}")
+    params = init(jax.random.key(seed), hidden=hidden, dtype=dtype)
+    idx = np.random.default_rng(seed).integers(0, len(Xtr), batch_size)
+    Xb, Yb = jnp.asarray(Xtr[idx]), jnp.asarray(Ytr[idx])
+    title = (f"backprop ninja: 3×{EMBEDDING} → {hidden} (batchnorm, tanh) → {len(VOCAB)}, "
+             f"B={batch_size}, {np.dtype(dtype).name}" + (f", bug {bug}" if bug else ""))
+    print(backend_line(1, dtype))
+    print(f"{title}: {len(words)} words, {len(Xtr)} training examples")
+    if bug:
+        print(f"planted bug {bug!r}: {BUGS[bug][0]}")
+    report = check(params, Xb, Yb, bug=bug)
+    print(report)
+    summary = dict(title=title, bug=bug, dtype=np.dtype(dtype).name, batch_size=batch_size,
+                   hidden=hidden, seed=seed, words=len(words), ok=report.ok,
+                   report=report.to_dict(), trained=False, jax_version=jax.__version__)
+    run = None
+    if report.ok:
+        run = train(params, data, steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                    quiet=quiet)
+        summary.update(trained=True, steps=steps, lr=lr, seconds=round(run["seconds"], 3),
+                       max_param_diff=float(run["history"]["param_diff"].max()))
+        for g, p in run["params"].items():
+            summary[g] = dict(evaluate(p, data), final_batch_loss=float(run["history"][g][-1]))
+        _print_summary(summary)
+    elif bug:
+        expect = BUGS[bug]
+        found = (report.first_bad, report.suspect) == expect[1:]
+        print(f"the report {'names' if found else 'does NOT name'} the planted bug: "
+              f"d{expect[1]}, {expect[2]}")
+    names = publish(out, lambda staging: write_outputs(report, run, summary, staging))
+    print(f"wrote {os.path.join(out, '')}{{{', '.join(names)}}}")
+    return summary
+
+
+def _print_summary(s: dict) -> None:
+    print(f"trained {s['steps']} SGD steps (lr {s['lr']:g}) in {s['seconds']:.1f} s")
+    print(f"{'grad':<9} {'train loss':>11} {'held-out loss':>14}")
+    for g in ("manual", "autodiff"):
+        print(f"{g:<9} {s[g]['train_loss']:>11.4f} {s[g]['heldout_loss']:>14.4f}")
+    print(f"max |params_manual − params_autodiff| along the run: {s['max_param_diff']:.3e} "
+          f"({s['dtype']})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="backprop_ninja.py", description=__doc__.split("\n\n")[0],
+               epilog="Bugs: " + "; ".join(f"{k}: {v[0]}" for k, v in BUGS.items()) + ".")
+    p.add_argument("--bug", default=None, help=f"plant a classic mistake; {allowed(BUGS)}")
+    p.add_argument("--steps", type=int, default=STEPS, help=f"SGD steps (default {STEPS})")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE,
+                   help=f"(default {BATCH_SIZE})")
+    p.add_argument("--lr", type=float, default=LR, help=f"SGD learning rate (default {LR:g})")
+    p.add_argument("--hidden", type=int, default=HIDDEN, help=f"n_hidden (default {HIDDEN})")
+    p.add_argument("--seed", type=int, default=SEED, help=f"(default {SEED})")
+    p.add_argument("--x64", action="store_true", help="float64 instead of float32")
+    p.add_argument("--corpus", default=None,
+                   help="text file, one word per line (default: the built-in names)")
+    p.add_argument("--out", default=OUT, help=f"output directory (default {OUT})")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def cli(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        summary = main(bug=args.bug, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                       hidden=args.hidden, seed=args.seed, x64=args.x64, corpus=args.corpus,
+                       out=args.out, quiet=args.quiet)
+    except FlagError as e:
+        parser.error(str(e))
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
