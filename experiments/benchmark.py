@@ -16,7 +16,10 @@ Tasks:
   * per-example gradients: ``net.per_example_grads`` vs ``vmap(grad)``, next to
     the memory-bandwidth bound: the time to write the same B·m·n output;
   * per-example gradient norms (ghost norm) vs ``vmap(grad)`` then a norm;
-  * clipped mean gradient (DP-SGD, no noise) vs ``vmap(grad)`` then clipping.
+  * clipped mean gradient (DP-SGD, no noise) vs ``vmap(grad)`` then clipping;
+  * ``jaxbp.nn`` models (the digits CNN, a transformer block): ``model.value_and_grad``
+    vs ``jax.value_and_grad(model.loss)``, with XLA's temporary memory beside
+    (``experiments/_bench_models.py``).
 
 The vmap-based references hold B×m×n per-example gradients (12.9 GB at B=512
 for the large MLP in float32), so the per-example tasks use the largest
@@ -34,17 +37,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import resource
-import statistics
 import sys
 import time
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # siblings, also when imported
+from _timing import MIN_REPEATS, compare  # noqa: E402,I001
+import _bench_models  # noqa: E402,I001
 
 
 class Case(NamedTuple):
@@ -65,91 +70,12 @@ PER_EXAMPLE_BYTES = {"full": 3.5e9, "quick": 0.85e9, "tiny": 1e5}
 REPEATS = {"full": 41, "quick": 7, "tiny": 3}
 MIN_SAMPLE_S = {"full": 0.05, "quick": 0.02, "tiny": 0.0}  # calls per sample reach this
 MAX_PAIR_S = {"full": 45.0, "quick": 12.0, "tiny": 1.0}  # fewer repeats for slow pairs...
-MIN_REPEATS = 5  # ...but never fewer than this (tiny: REPEATS["tiny"])
-WARMUP_CALLS = 2
-SETTLE_S = 0.2  # pause after a sample (at most its per-call time): see time_interleaved
 CLIP_QUANTILE = 0.5  # max_norm = this quantile of the per-example norms: half clipped
 
 # Targets on the speedup t_reference / t_jaxbp (the issue's "ratio ≤ 1.0" for the batch
 # gradient is speedup ≥ 1.0) and on the share of the jnp.dot rate.
 TARGETS = {"batch_grad": 1.0, "per_example_grads": 1.8, "norms": 20.0, "dot_share": 0.90}
 # (The issue sets no target for clipping; its row shows the speedup alone.)
-
-
-# ------------------------------------------------------------------ timing
-
-def compile_timed(fn: Callable, *args):
-    """jit(fn) lowered and compiled for these arguments; (executable, seconds)."""
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    return compiled, time.perf_counter() - t0
-
-
-def time_interleaved(calls: dict, *, repeats: int, min_sample_s: float,
-                     max_s: float = math.inf) -> dict:
-    """Median seconds per call of each compiled fn, timed in alternating order.
-
-    Each sample runs a fn `number` times (enough to last ``min_sample_s``) and
-    blocks on every result, which is dropped at once so that at most one large
-    output is alive. Slow fns get fewer repeats (about ``max_s`` in all, at
-    least ``min(MIN_REPEATS, repeats)``). After each sample the loop pauses for
-    up to ``SETTLE_S``: freeing a large output (GBs from the vmap references)
-    finishes in the background and otherwise slows the next fn's sample ~4×.
-
-    Args:
-      calls: {name: (compiled fn, args)}.
-
-    Returns:
-      {name: {"median_s", "samples_s", "number"}}.
-    """
-    number, total = {}, 0.0
-    for name, (fn, args) in calls.items():
-        for _ in range(WARMUP_CALLS):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            single = time.perf_counter() - t0
-        number[name] = max(1, math.ceil(min_sample_s / max(single, 1e-9)))
-        total += number[name] * single
-    repeats = max(min(MIN_REPEATS, repeats), int(min(repeats, max_s / max(total, 1e-9))))
-    samples = {name: [] for name in calls}
-    names = list(calls)
-    for r in range(repeats):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            (fn, args), n = calls[name], number[name]
-            t0 = time.perf_counter()
-            for _ in range(n):
-                jax.block_until_ready(fn(*args))
-            samples[name].append((time.perf_counter() - t0) / n)
-            time.sleep(min(SETTLE_S, samples[name][-1]))
-    return {name: {"median_s": statistics.median(s), "samples_s": s, "number": number[name]}
-            for name, s in samples.items()}
-
-
-def compare(jaxbp_fn, reference_fn, args, *, extra=None, repeats, min_sample_s, max_s) -> dict:
-    """Compile both, time them interleaved; the speedup t_reference / t_jaxbp.
-
-    Args:
-      extra: {name: (fn, args)} timed in the same interleaved loop (bounds);
-        their medians come back as ``{name}_s`` and compile times as
-        ``compile_{name}_s``.
-    """
-    fns = {"jaxbp": (jaxbp_fn, args), "reference": (reference_fn, args), **(extra or {})}
-    calls, compile_s = {}, {}
-    for name, (fn, fn_args) in fns.items():
-        compiled, compile_s[name] = compile_timed(fn, *fn_args)
-        calls[name] = (compiled, fn_args)
-    t = time_interleaved(calls, repeats=repeats, min_sample_s=min_sample_s, max_s=max_s)
-    paired = sorted(r / m for m, r in zip(t["jaxbp"]["samples_s"], t["reference"]["samples_s"]))
-    q = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
-    return {
-        **{f"{name}_s": t[name]["median_s"] for name in fns},
-        "jaxbp_min_s": min(t["jaxbp"]["samples_s"]),
-        "reference_min_s": min(t["reference"]["samples_s"]),
-        "speedup": t["reference"]["median_s"] / t["jaxbp"]["median_s"],
-        "paired_speedup_quartiles": [q[0], q[1], q[2]],
-        **{f"compile_{name}_s": c for name, c in compile_s.items()},
-        "repeats": len(paired), "samples": {k: v["samples_s"] for k, v in t.items()},
-    }
 
 
 # ------------------------------------------------------------------ the references
@@ -290,7 +216,8 @@ COLUMNS = ("case", "dtype", "B", "task", "jaxbp", "reference", "speedup", "targe
            "compile s")
 TASK_LABELS = {"batch_grad": "batch grad", "gflops_vs_dot": "GFLOP/s vs jnp.dot",
                "per_example_grads": "per-example grads", "write_bound": "  write bound",
-               "norms": "per-example norms", "clipped": "clipped grad"}
+               "norms": "per-example norms", "clipped": "clipped grad",
+               "model_grad": "nn model grad", "memory": "  XLA temp memory"}
 
 
 def table_lines(rows: list) -> list[str]:
@@ -310,6 +237,12 @@ def table_lines(rows: list) -> list[str]:
                      "-" if row["target"] is None else f">={row['target']:.1f}x",
                      met, f"{row['compile_jaxbp_s']:.2f} / {row['compile_reference_s']:.2f}")
         lines.append((row["case"], row["dtype"], str(row["B"]), task, *cells))
+        if row["task"] == "model_grad" and row["temp_bytes_jaxbp"] is not None:
+            lines.append(("", "", "", TASK_LABELS["memory"],
+                          f"{row['temp_bytes_jaxbp'] / 1e6:.2f} MB",
+                          f"{row['temp_bytes_reference'] / 1e6:.2f} MB",
+                          f"{row['temp_bytes_jaxbp'] / max(row['temp_bytes_reference'], 1):.2f}x",
+                          "<=1.00x", {True: "yes", False: "NO"}[row["memory_met"]], ""))
         if row["task"] == "per_example_grads":
             lines.append(("", "", "", TASK_LABELS["write_bound"],
                           f"{1e3 * row['write_s']:.3f} ms",
@@ -376,6 +309,14 @@ def main(*, quick: bool = False, x64: bool = False, json_out: str | None = None,
                              seed=seed)
             print(f"  {case.name} {jnp.dtype(dtype).name}: {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr, flush=True)
+    for dtype in dtypes:  # jaxbp.nn models: the digits CNN and a transformer block
+        t0 = time.perf_counter()
+        rows += _bench_models.run_models(
+            _bench_models.TINY_CASES if tiny else _bench_models.CASES, dtype,
+            repeats=REPEATS[mode], min_sample_s=MIN_SAMPLE_S[mode], max_s=MAX_PAIR_S[mode],
+            seed=seed)
+        print(f"  nn models {jnp.dtype(dtype).name}: {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr, flush=True)
     result = {
         "machine": info,
         "settings": {"mode": mode, "repeats": REPEATS[mode], "min_repeats": MIN_REPEATS,
