@@ -145,25 +145,28 @@ def _per_example_grad_norms(net, params, X, Y, *, per_layer: bool = False):
 
 
 def _clipped_sum(net, params, X, Y, max_norm, weight):
-    """Σ_b weight_b scale_b g_b per layer, scale_b = C / max(‖g_b‖, C) (see ``jaxbp._ghost``)."""
+    """(losses (B,), Σ_b weight_b scale_b g_b per layer), scale_b = C / max(‖g_b‖, C)."""
     trace = _forward_trace(net, params, X)
     deltas = _deltas(net, params, trace, Y)  # each (B, n^ℓ)
     norms = jnp.sqrt(jnp.sum(_ghost.layer_sq_norms(trace.a[:-1], deltas), axis=-1))  # (B,)
     weight = _ghost.clip_scale(norms, max_norm) * weight
-    return tuple(Dense(*pair) for pair in _ghost.clipped_layers(trace.a[:-1], deltas, weight))
+    return _loss_value(net, trace, Y), tuple(
+        Dense(*pair) for pair in _ghost.clipped_layers(trace.a[:-1], deltas, weight))
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _clipped_grad(net, params, X, Y, max_norm):
     B = X.shape[0]
-    return _clipped_sum(net, params, X, Y, max_norm, jnp.full((B,), 1.0 / B, X.dtype))
+    return _clipped_sum(net, params, X, Y, max_norm, jnp.full((B,), 1.0 / B, X.dtype))[1]
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _private_grad(net, params, X, Y, max_norm, noise_multiplier, key, weight, denominator):
-    return _ghost.noisy_mean(_clipped_sum(net, params, X, Y, max_norm, weight), key,
-                             max_norm=max_norm, noise_multiplier=noise_multiplier,
-                             denominator=denominator)
+def _private_value_and_grad(net, params, X, Y, max_norm, noise_multiplier, key, weight,
+                            denominator):
+    losses, clipped_sum = _clipped_sum(net, params, X, Y, max_norm, weight)
+    loss = jnp.sum(losses * weight) / jnp.maximum(jnp.sum(weight), 1)  # over real examples
+    return loss, _ghost.noisy_mean(clipped_sum, key, max_norm=max_norm,
+                                   noise_multiplier=noise_multiplier, denominator=denominator)
 
 
 def _init_scale(activation: str) -> float:
@@ -420,11 +423,18 @@ class Network:
         Returns:
           A tuple of ``Dense`` shaped like params.
         """
+        return self._private_value_and_grad(params, X, Y, max_norm=max_norm,
+                                            noise_multiplier=noise_multiplier, key=key,
+                                            mask=mask, batch_size=batch_size)[1]
+
+    def _private_value_and_grad(self, params, X, Y, *, max_norm, noise_multiplier, key,
+                                mask=None, batch_size=None):
+        """(mean loss over the real examples, ``private_grad``): for ``jaxbp.make_step``."""
         params, X, Y = self._example(params, X, Y, batched=True)
         max_norm = _ghost.check_max_norm(max_norm, X.dtype)
         _ghost.check_noise_multiplier(noise_multiplier)
         _ghost.check_key(key)
         weight = _ghost.example_weights(mask, X.shape[0], X.dtype)
         denominator = X.shape[0] if batch_size is None else batch_size
-        return _private_grad(self, params, X, Y, max_norm, noise_multiplier, key, weight,
-                             denominator)
+        return _private_value_and_grad(self, params, X, Y, max_norm, noise_multiplier, key,
+                                       weight, denominator)

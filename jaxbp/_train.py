@@ -29,6 +29,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from jaxbp._checked_step import CheckedStep
 from jaxbp._network import Dense, Network
+from jaxbp._private_step import private_step
+from jaxbp.nn._sequential import Sequential
 
 GRADS = ("manual", "autodiff")
 BATCH_AXIS = "batch"
@@ -36,6 +38,10 @@ BATCH_AXIS = "batch"
 
 def _value_and_grad_fn(net: Network, grad) -> Callable:
     """``(params, X, Y) -> (mean loss, mean grads)`` for ``make_step``: the one dispatch."""
+    if isinstance(net, Sequential):  # a jaxbp.nn model
+        if callable(grad):
+            return lambda params, X, Y: (net.loss(params, X, Y), grad(params, X, Y))
+        return net.value_and_grad if grad == "manual" else jax.value_and_grad(net.loss)
     if callable(grad):  # your batched backprop: the loss is a forward pass only
         def value_and_grad(params, X, Y):
             grads = grad(params, X, Y)
@@ -48,14 +54,24 @@ def _value_and_grad_fn(net: Network, grad) -> Callable:
 
 def make_step(net: Network, optimizer: optax.GradientTransformation, *,
               grad: str | Callable = "manual", mesh: Mesh | None = None,
-              check_every: int | None = None) -> Callable:
+              check_every: int | None = None, private: dict | None = None) -> Callable:
     """A jitted, pure Optax training step using manual backprop or jax.grad.
 
     ``step(params, opt_state, X, Y) -> (params, opt_state, loss)`` where loss is
     the mean batch loss at the *incoming* params (the one the gradient is taken at).
 
+    With ``private=dict(max_norm=C, noise_multiplier=σ)`` it is a DP-SGD step,
+    ``step(params, opt_state, X, Y, key, mask=None)``: the gradient is
+    ``net.private_grad`` (each example's gradient clipped to norm ≤ C, summed, plus
+    N(0, (σ·C)²) noise on every entry, over the batch size), ``key`` a PRNG key that
+    must be fresh every step, and ``mask`` (B,) optional booleans marking the real rows
+    of a padded batch (Poisson sampling; add ``batch_size=`` the expected batch size
+    q·N to the dict to divide by it instead of B). The loss is then the mean over the
+    real rows.
+
     Args:
-      net: the ``Network``.
+      net: the ``Network``, or a ``jaxbp.nn.Sequential`` ("manual": its
+        ``value_and_grad``; "autodiff": ``jax.value_and_grad(model.loss)``).
       optimizer: any ``optax.GradientTransformation`` (``optax.adam(1e-3)``, a chain, ...).
       grad: "manual" (``net.value_and_grad``, the notes' chain rule), "autodiff"
         (``jax.value_and_grad(net.batch_loss)``, the ground truth), or your own
@@ -70,6 +86,8 @@ def make_step(net: Network, optimizer: optax.GradientTransformation, *,
         ``jax.grad`` on the same batch, and raises ``jaxbp.BackpropError`` naming
         the step, the first bad layer and the suspect when they disagree beyond
         the budget. The steps in between are the plain jitted step.
+      private: None, or dict(max_norm=C, noise_multiplier=σ[, batch_size=D]): the DP-SGD
+        step above (grad "manual" only; no mesh or check_every).
 
     Returns:
       The jitted step (or a ``CheckedStep`` wrapping it). It does not donate its
@@ -86,8 +104,9 @@ def make_step(net: Network, optimizer: optax.GradientTransformation, *,
       >>> loss.shape
       ()
     """
-    if not isinstance(net, Network):
-        raise TypeError(f"net: expected a jaxbp.Network, got {type(net).__name__}")
+    if not isinstance(net, (Network, Sequential)):
+        raise TypeError(f"net: expected a jaxbp.Network or jaxbp.nn.Sequential, got "
+                        f"{type(net).__name__}")
     if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
         raise TypeError(
             f"optimizer: expected an optax.GradientTransformation (with init and update), "
@@ -98,6 +117,14 @@ def make_step(net: Network, optimizer: optax.GradientTransformation, *,
     if check_every is not None and (isinstance(check_every, bool) or not isinstance(
             check_every, int) or check_every < 1):
         raise ValueError(f"check_every: expected None or an int >= 1, got {check_every!r}")
+    if private is not None:
+        if grad != "manual" or mesh is not None or check_every is not None:
+            raise ValueError("private: needs grad='manual' (the one-pass per-example clipping) "
+                             "and no mesh or check_every")
+        return jax.jit(private_step(net, optimizer, private, isinstance(net, Sequential)))
+    if check_every is not None and isinstance(net, Sequential):
+        raise ValueError("check_every: supported for jaxbp.Network only (for a "
+                         "jaxbp.nn.Sequential use jaxbp.verify(model, ...))")
     value_and_grad = _value_and_grad_fn(net, grad)
 
     def step(params, opt_state, X, Y):
