@@ -129,9 +129,16 @@ def plot(view: View, *, title: Optional[str] = None):
 
     Bars are the rows' max relative errors (coloured by status), black ticks
     their budgets. A zero error is drawn at the axis floor; inf or NaN at the
-    axis ceiling, labelled; a row with no bar to see (a zero error, or
-    nothing compared: "not given") is labelled with its status. The first bad row's label reads "first bad: ..."
-    (bold) and its bar is outlined.
+    axis ceiling, labelled; a row with no bar to see (a zero error, or nothing
+    compared: "not given") is labelled with its status. The first bad row's
+    label reads "first bad: ..." (bold) and its bar is outlined.
+
+    Args:
+      view: the report's ``View``.
+      title: the axes' title (default: the verdict).
+
+    Returns:
+      A ``matplotlib.figure.Figure`` with one axes: one bar per row.
 
     Raises:
       ImportError: matplotlib is not installed (``pip install matplotlib``).
