@@ -9,6 +9,8 @@ The largest parameter difference between them along the whole run is recorded.
     python experiments/train.py --x64                    # float64: max_param_diff ~ 1e-15
     XLA_FLAGS=--xla_force_host_platform_device_count=4 python experiments/train.py --devices 4
     python experiments/train.py --checkpoint-every 100   # killed? add --resume to go on
+    python experiments/train.py --model cnn              # jaxbp.nn: a CNN on 8×8×1 digits
+    python experiments/train.py --model transformer      # a causal transformer block on sequences
 
 Writes DIR/results.json, DIR/loss.png, DIR/boundary.png (2-D data), DIR/history.csv (loss per
 step and the manual-autodiff gap) and DIR/params.npz (final params of each run), each atomically
@@ -35,11 +37,13 @@ from jaxbp import datasets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # siblings, also when imported
 import _checkpoint as checkpoint  # noqa: E402
+import _tasks as tasks  # noqa: E402
 from _common import (FlagError, Parser, allowed, atomic_write, backend_line,  # noqa: E402,I001
                      check_writable, host)
 
 # ---------------------------------------------------------------- knobs (= CLI defaults)
-DATASET = "digits"
+MODEL = "mlp"           # mlp (jaxbp.Network) | cnn | transformer (jaxbp.nn models)
+DATASET = "digits"      # mlp's default; cnn trains on digits, transformer on its sequences
 LOSS = "nll"
 OPTIMIZER = "adam"
 BATCH_SIZE = 128
@@ -53,6 +57,11 @@ PRESETS = {
     "spirals": dict(hidden=(64, 64), activation="tanh", steps=2000, lr=1e-2),
     "moons": dict(hidden=(32, 32), activation="tanh", steps=1000, lr=1e-2),
 }
+# Per jaxbp.nn model: steps, learning rate, batch size (their data sets are fixed).
+MODEL_PRESETS = {
+    "cnn": dict(dataset="digits", steps=1500, lr=3e-3, batch_size=128),
+    "transformer": dict(dataset="sequences", steps=300, lr=3e-3, batch_size=16),
+}
 OUTPUT_ACTIVATION = {"nll": "softmax", "binary_nll": "sigmoid", "squared": "identity",
                      "hinge": "identity"}
 OPTIMIZERS = {
@@ -65,7 +74,7 @@ OPTIMIZERS = {
 
 
 def resolve(*, dataset, sizes, activations, loss, optimizer, lr, steps, batch_size, seed, grad,
-            devices, out, dtype=np.float32, checkpoint_every=None) -> dict:
+            devices, out, dtype=np.float32, checkpoint_every=None, model=MODEL) -> dict:
     """Checks every setting before anything runs; fills the per-dataset defaults.
 
     ``cfg["computation"]`` collects every setting that changes the numbers a run computes
@@ -75,6 +84,15 @@ def resolve(*, dataset, sizes, activations, loss, optimizer, lr, steps, batch_si
     Raises:
       FlagError: naming the flag and the allowed values.
     """
+    if model not in tasks.MODELS:
+        raise FlagError("--model", f"unknown model {model!r}; {allowed(tasks.MODELS)}")
+    if model != "mlp":
+        return _resolve_nn(model, dataset=dataset, sizes=sizes, activations=activations,
+                           loss=loss, optimizer=optimizer, lr=lr, steps=steps,
+                           batch_size=batch_size, seed=seed, grad=grad, devices=devices,
+                           out=out, dtype=dtype, checkpoint_every=checkpoint_every)
+    dataset = DATASET if dataset is None else dataset
+    batch_size = BATCH_SIZE if batch_size is None else batch_size
     if dataset not in datasets.NAMES:
         raise FlagError("--dataset", f"unknown data set {dataset!r}; {allowed(datasets.NAMES)}")
     if loss not in jaxbp.LOSSES:
@@ -119,6 +137,38 @@ def resolve(*, dataset, sizes, activations, loss, optimizer, lr, steps, batch_si
     except (ValueError, TypeError) as e:
         raise FlagError("--activations", f"{e} (--sizes {','.join(map(str, sizes))}, "
                                          f"--loss {loss})") from None
+    computation = dict(model="mlp", dataset=dataset, sizes=list(net.sizes),
+                       activations=list(net.activations), loss=loss)
+    return _settings(tasks.mlp_task(data, net), preset, computation, optimizer=optimizer, lr=lr,
+                     steps=steps, batch_size=batch_size, seed=seed, grad=grad, devices=devices,
+                     out=out, dtype=dtype, checkpoint_every=checkpoint_every)
+
+
+def _resolve_nn(model, *, dataset, sizes, activations, loss, optimizer, lr, steps, batch_size,
+                seed, grad, devices, out, dtype, checkpoint_every) -> dict:
+    """``resolve`` for the jaxbp.nn models: fixed data set, architecture and loss."""
+    preset = MODEL_PRESETS[model]
+    if dataset not in (None, preset["dataset"]):
+        raise FlagError("--dataset", f"--model {model} trains on {preset['dataset']} only, got "
+                                     f"{dataset!r}")
+    for flag, value in (("--sizes", sizes), ("--activations", activations)):
+        if value is not None:
+            raise FlagError(flag, f"not for --model {model}, whose architecture is fixed "
+                                  f"(see experiments/_tasks.py)")
+    if loss != "nll":
+        raise FlagError("--loss", f"--model {model} is trained with nll only, got {loss!r}")
+    task = tasks.cnn_task() if model == "cnn" else tasks.transformer_task()
+    batch_size = preset["batch_size"] if batch_size is None else batch_size
+    computation = dict(model=model, dataset=preset["dataset"], loss=loss)
+    return _settings(task, preset, computation, optimizer=optimizer, lr=lr, steps=steps,
+                     batch_size=batch_size, seed=seed, grad=grad, devices=devices, out=out,
+                     dtype=dtype, checkpoint_every=checkpoint_every)
+
+
+def _settings(task, preset, computation, *, optimizer, lr, steps, batch_size, seed, grad,
+              devices, out, dtype, checkpoint_every) -> dict:
+    """The checks every model shares; the cfg dict (see ``resolve``)."""
+    data = task.data
     lr = preset["lr"] if lr is None else lr
     steps = preset["steps"] if steps is None else steps
     if not (isinstance(lr, (int, float)) and np.isfinite(lr) and lr > 0):
@@ -144,13 +194,13 @@ def resolve(*, dataset, sizes, activations, loss, optimizer, lr, steps, batch_si
                                              and checkpoint_every >= 1):
         raise FlagError("--checkpoint-every", f"expected an int >= 1 (steps between "
                                               f"checkpoints), got {checkpoint_every!r}")
-    out = os.path.join("runs", dataset) if out is None else str(out)
+    name = computation["model"] if computation["model"] != "mlp" else data.name
+    out = os.path.join("runs", name) if out is None else str(out)
     check_writable(out)
-    computation = dict(dataset=dataset, sizes=list(net.sizes), activations=list(net.activations),
-                       loss=loss, optimizer=optimizer, lr=float(lr), batch_size=batch_size,
+    computation = dict(computation, optimizer=optimizer, lr=float(lr), batch_size=batch_size,
                        seed=seed, grad=grad, dtype=np.dtype(dtype).name)
-    return dict(data=data, net=net, optimizer=optimizer, lr=float(lr), steps=steps,
-                batch_size=batch_size, seed=seed, devices=devices, out=out,
+    return dict(data=data, net=task.model, task=task, optimizer=optimizer, lr=float(lr),
+                steps=steps, batch_size=batch_size, seed=seed, devices=devices, out=out,
                 grads=("manual", "autodiff") if grad == "both" else (grad,),
                 checkpoint_every=checkpoint_every, computation=computation)
 
@@ -205,12 +255,11 @@ def train(cfg: dict, *, dtype, quiet: bool, start: int | None = None) -> dict:
     Args:
       start: a checkpoint step in OUT/checkpoints to go on from (None: step 0).
     """
-    data, net, grads = cfg["data"], cfg["net"], cfg["grads"]
+    data, task = cfg["data"], cfg["task"]
     optimizer = OPTIMIZERS[cfg["optimizer"]](cfg["lr"])
     mesh = jaxbp.batch_mesh(cfg["devices"])
-    X, Y = data.X_train.astype(dtype), datasets.targets(data.y_train, data.num_classes,
-                                                        net.loss_name).astype(dtype)
-    progress = _progress(cfg, net.init(jax.random.key(cfg["seed"]), dtype=dtype), optimizer)
+    X, Y = tasks.input_dtype(data.X_train, dtype), task.targets(data.y_train).astype(dtype)
+    progress = _progress(cfg, task.init(jax.random.key(cfg["seed"]), dtype), optimizer)
     save_every = cfg["checkpoint_every"]
     mngr = None
     if save_every or start is not None:
@@ -274,24 +323,13 @@ def _loop(cfg, progress, optimizer, mesh, X, Y, mngr, *, dtype, quiet):
     results = {}
     for g in grads:
         params = jax.tree.map(host, state[g][0])
-        results[g] = dict(**evaluate(net, params, data, dtype), seconds=round(seconds[g], 4),
+        results[g] = dict(**tasks.evaluate(cfg["task"], params, dtype), seconds=round(seconds[g], 4),
                           compile_seconds=round(compile_seconds[g], 4))
         results[g]["params"] = params
     history = {c: np.array([host(v) for v in values], dtype=np.float64)
                for c, values in history.items()}
     return dict(results=results, history=history,
                 max_param_diff=float(history["param_diff"].max()) if diffs is not None else None)
-
-
-def evaluate(net, params, data, dtype) -> dict:
-    """Full-set losses and accuracies of one run's final params (on this process's device)."""
-    out = {}
-    for split, X, labels in (("train", data.X_train, data.y_train), ("test", data.X_test, data.y_test)):
-        Y = datasets.targets(labels, data.num_classes, net.loss_name).astype(dtype)
-        out[f"{split}_loss"] = float(jax.jit(net.batch_loss)(params, X.astype(dtype), Y))
-        predicted = datasets.predict(np.asarray(net.forward(params, X.astype(dtype))), net.loss_name)
-        out[f"{split}_accuracy"] = float(np.mean(predicted == labels))
-    return out
 
 
 def write_outputs(cfg: dict, run: dict, summary: dict, out: str) -> list[str]:
@@ -316,16 +354,15 @@ def write_outputs(cfg: dict, run: dict, summary: dict, out: str) -> list[str]:
                 writer.writerow([t] + [repr(float(v)) for v in row])
 
     def params_npz(path):
-        np.savez(path, **{f"{g}_layer{l}_{name}": getattr(layer, name)
-                          for g, r in run["results"].items()
-                          for l, layer in enumerate(r["params"], start=1) for name in ("W", "W0")})
+        np.savez(path, **{f"{g}_{name}": array for g, r in run["results"].items()
+                          for name, array in tasks.param_arrays(cfg["task"], r["params"]).items()})
 
     import _plots as plots  # matplotlib only when writing
 
     writers = {"results.json": results_json, "history.csv": history_csv,
                "params.npz": params_npz,
                "loss.png": lambda path: plots.loss_curves(hist, path, title=summary["title"])}
-    if cfg["data"].X_train.shape[1] == 2:
+    if cfg["data"].X_train.ndim == 2 and cfg["data"].X_train.shape[1] == 2:
         names.append("boundary.png")
         writers["boundary.png"] = lambda path: plots.boundaries(
             cfg["net"], {g: r["params"] for g, r in run["results"].items()}, cfg["data"], path)
@@ -334,25 +371,28 @@ def write_outputs(cfg: dict, run: dict, summary: dict, out: str) -> list[str]:
     return names
 
 
-def main(*, dataset: str = DATASET, sizes=None, activations=None, loss: str = LOSS,
-         optimizer: str = OPTIMIZER, lr: float | None = None, steps: int | None = None,
-         batch_size: int = BATCH_SIZE, seed: int = SEED, grad: str = GRAD, x64: bool = False,
-         devices=DEVICES, out: str | None = None, quiet: bool = False,
-         checkpoint_every: int | None = None, resume: bool = False) -> dict:
+def main(*, model: str = MODEL, dataset: str | None = None, sizes=None, activations=None,
+         loss: str = LOSS, optimizer: str = OPTIMIZER, lr: float | None = None,
+         steps: int | None = None, batch_size: int | None = None, seed: int = SEED,
+         grad: str = GRAD, x64: bool = False, devices=DEVICES, out: str | None = None,
+         quiet: bool = False, checkpoint_every: int | None = None, resume: bool = False) -> dict:
     """Trains, prints a summary, writes the outputs; returns the results dict (as results.json).
 
     Args:
-      dataset: one of ``jaxbp.datasets.NAMES``.
+      model: "mlp" (``jaxbp.Network``, the default), "cnn" or "transformer" (``jaxbp.nn``
+        models with fixed data: see ``experiments/_tasks.py``).
+      dataset: one of ``jaxbp.datasets.NAMES`` for the mlp (None: digits).
       sizes: full layer sizes "64,64,10" or a tuple; None: the dataset's preset.
       activations: one name per layer; None: the preset's hidden activation, then the loss's.
       loss: a ``jaxbp.LOSSES`` name (binary_nll/hinge only on two-class data).
       optimizer: a name in ``OPTIMIZERS``; lr its learning rate (None: the preset).
-      steps: optimizer steps (None: the preset); batch_size: examples per step.
+      steps: optimizer steps (None: the preset); batch_size: examples per step (None: 128,
+        16 for the transformer).
       seed: init and batch order (the data and its split are fixed).
       grad: "manual", "autodiff" or "both" (same init, same batches).
       x64: float64 instead of float32.
       devices: how many devices to split each batch over, or "all".
-      out: output directory (None: runs/<dataset>).
+      out: output directory (None: runs/<dataset>, or runs/cnn, runs/transformer).
       quiet: no progress bar.
       checkpoint_every: save a checkpoint in OUT/checkpoints every this many steps (and at
         the last); None: none.
@@ -365,13 +405,13 @@ def main(*, dataset: str = DATASET, sizes=None, activations=None, loss: str = LO
     cfg = resolve(dataset=dataset, sizes=sizes, activations=activations, loss=loss,
                   optimizer=optimizer, lr=lr, steps=steps, batch_size=batch_size, seed=seed,
                   grad=grad, devices=devices, out=out, dtype=dtype,
-                  checkpoint_every=checkpoint_every)
+                  checkpoint_every=checkpoint_every, model=model)
     start = checkpoint.start_step(os.path.join(cfg["out"], "checkpoints"),
                                   computation=cfg["computation"], steps=cfg["steps"],
                                   resume=resume, checkpoint_every=checkpoint_every)
     data, net = cfg["data"], cfg["net"]
-    title = (f"{dataset} {'-'.join(map(str, net.sizes))} {','.join(net.activations)} "
-             f"{net.loss_name}, {cfg['optimizer']} lr={cfg['lr']:g}, B={cfg['batch_size']}")
+    title = (f"{data.name} {cfg['task'].description}, {cfg['optimizer']} lr={cfg['lr']:g}, "
+             f"B={cfg['batch_size']}")
     lead = jax.process_index() == 0
     if lead:
         print(backend_line(cfg["devices"], dtype))
@@ -380,12 +420,15 @@ def main(*, dataset: str = DATASET, sizes=None, activations=None, loss: str = LO
             print(f"resuming at step {start} from "
                   f"{os.path.join(cfg['out'], 'checkpoints', str(start))}")
     run = train(cfg, dtype=dtype, quiet=quiet, start=start)
-    summary = dict(dataset=dataset, steps=cfg["steps"], devices=cfg["devices"],
+    summary = dict(model=model, dataset=data.name, steps=cfg["steps"], devices=cfg["devices"],
                    dtype=np.dtype(dtype).name, backend=jax.default_backend(),
-                   processes=jax.process_count(), batch_size=cfg["batch_size"], seed=seed,
-                   sizes=list(net.sizes), activations=list(net.activations), loss=net.loss_name,
-                   optimizer=cfg["optimizer"], lr=cfg["lr"], jax_version=jax.__version__,
-                   title=title)
+                   processes=jax.process_count(), batch_size=cfg["batch_size"], seed=seed)
+    if model == "mlp":
+        summary.update(sizes=list(net.sizes), activations=list(net.activations))
+    else:
+        summary.update(modules=[m.name for m in net.modules])
+    summary.update(loss=net.loss_name, optimizer=cfg["optimizer"], lr=cfg["lr"],
+                   jax_version=jax.__version__, title=title)
     for g in ("manual", "autodiff"):
         r = run["results"].get(g)
         summary[g] = None if r is None else {k: v for k, v in r.items() if k != "params"}
@@ -405,6 +448,10 @@ def _print_summary(s: dict) -> None:
         if r is not None:
             print(f"{g:<9} {r['train_loss']:>11.5f} {r['test_loss']:>10.5f} "
                   f"{r['train_accuracy']:>10.4f} {r['test_accuracy']:>9.4f} {r['seconds']:>8.2f}")
+    chance = next((r["chance_accuracy"] for r in (s["manual"], s["autodiff"])
+                   if r and "chance_accuracy" in r), None)
+    if chance is not None:
+        print(f"accuracy is per token; chance level {chance:.4f}")
     if s["max_param_diff"] is not None:
         print(f"max |params_manual − params_autodiff| along the run: {s['max_param_diff']:.3e} "
               f"({s['dtype']})")
@@ -415,7 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{p['steps']} steps, lr {p['lr']:g}" for name, p in PRESETS.items())
     p = Parser(prog="train.py", description=__doc__.split("\n\n")[0],
                epilog=f"Per-dataset defaults: {presets}.")
-    p.add_argument("--dataset", default=DATASET, help=f"{allowed(datasets.NAMES)} (default {DATASET})")
+    p.add_argument("--model", default=MODEL,
+                   help=f"{allowed(tasks.MODELS)} (default {MODEL}); cnn and transformer are "
+                        f"jaxbp.nn models with their own data (digits as 8x8x1 images; counting "
+                        f"sequences)")
+    p.add_argument("--dataset", default=None,
+                   help=f"for the mlp: {allowed(datasets.NAMES)} (default {DATASET})")
     p.add_argument("--sizes", default=None,
                    help="comma-separated layer sizes, inputs first, e.g. 64,128,10")
     p.add_argument("--activations", default=None,
@@ -425,7 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{allowed(OPTIMIZERS)} (default {OPTIMIZER})")
     p.add_argument("--lr", type=float, default=None, help="learning rate")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help=f"(default {BATCH_SIZE})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"(default {BATCH_SIZE}; transformer "
+                        f"{MODEL_PRESETS['transformer']['batch_size']})")
     p.add_argument("--seed", type=int, default=SEED, help=f"init and batch order (default {SEED})")
     p.add_argument("--grad", default=GRAD, help=f"manual, autodiff or both (default {GRAD})")
     p.add_argument("--x64", action="store_true", help="float64 instead of float32")
@@ -462,7 +516,7 @@ def cli(argv=None) -> int:
         except ValueError:
             parser.error(f"argument --devices: expected an int or 'all', got {devices!r}")
     try:
-        main(dataset=args.dataset, sizes=args.sizes, activations=args.activations,
+        main(model=args.model, dataset=args.dataset, sizes=args.sizes, activations=args.activations,
              loss=args.loss, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
              batch_size=args.batch_size, seed=args.seed, grad=args.grad, x64=args.x64,
              devices=devices, out=args.out, quiet=args.quiet,
