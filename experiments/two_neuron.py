@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 import jaxbp  # noqa: E402
-from jaxbp._tolerances import relative_error, rtol_for  # noqa: E402
+from jaxbp import relative_error, rtol_for  # noqa: E402
 
 # ---------------------------------------------------------------- knobs (= CLI defaults)
 OUT = "runs/two_neuron"

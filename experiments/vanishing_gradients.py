@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxbp
-from jaxbp._tolerances import rtol_for, tree_relative_error
+from jaxbp import rtol_for, tree_relative_error
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # siblings, also when imported
 from _common import FlagError, Parser, allowed, backend_line, check_writable, publish  # noqa: E402,I001

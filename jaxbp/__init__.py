@@ -12,6 +12,7 @@ from jaxbp._losses import LOSSES, Loss, get_loss
 from jaxbp._mutants import MUTANTS, Mutant
 from jaxbp._network import Dense, Network, Trace
 from jaxbp._report import Report, Row
+from jaxbp._tolerances import relative_error, rtol_for, tree_relative_error
 from jaxbp._train import batch_mesh, make_step, replicate, shard_batch
 from jaxbp._verify import BackpropError, verify
 from jaxbp._verify_nn import check_module
@@ -59,8 +60,11 @@ __all__ = [
     "intermediates",
     "make_step",
     "nn",
+    "relative_error",
     "replicate",
+    "rtol_for",
     "shard_batch",
+    "tree_relative_error",
     "testing",
     "verify",
 ]

@@ -26,14 +26,15 @@ def run(args: argparse.Namespace) -> int:
     if args.x64:
         jax.config.update("jax_enable_x64", True)
     from jaxbp._tolerances import relative_error, rtol_for
-    from jaxbp.cli import network_from_args
+    from jaxbp._cli_args import network_from_args
+    from jaxbp._selftest import random_targets
 
     net = network_from_args(args)
     dtype = jnp.float64 if args.x64 else jnp.float32
     kp, kx, ky = jax.random.split(jax.random.key(args.seed), 3)
     params = net.init(kp, dtype=dtype)
     X = jax.random.normal(kx, (args.batch, net.sizes[0]), dtype)
-    Y = _random_targets(net, ky, args.batch, dtype)
+    Y = random_targets(net, ky, args.batch, dtype)
 
     manual = jax.jit(net.grad)(params, X, Y)
     auto = jax.grad(net.batch_loss)(params, X, Y)
@@ -49,17 +50,3 @@ def run(args: argparse.Namespace) -> int:
     ok = worst <= tol
     print(f"{'AGREE' if ok else 'DISAGREE'}: worst {worst:.3e} (tolerance {tol:.0e})")
     return 0 if ok else 1
-
-
-def _random_targets(net, key, batch, dtype):
-    import jax
-    import jax.numpy as jnp
-
-    n = net.sizes[-1]
-    if net.loss_name == "nll":
-        return jax.nn.one_hot(jax.random.randint(key, (batch,), 0, n), n, dtype=dtype)
-    if net.loss_name == "binary_nll":
-        return jax.random.bernoulli(key, 0.5, (batch, n)).astype(dtype)
-    if net.loss_name == "hinge":
-        return jnp.where(jax.random.bernoulli(key, 0.5, (batch, n)), 1.0, -1.0).astype(dtype)
-    return jax.random.normal(key, (batch, n), dtype)

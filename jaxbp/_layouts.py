@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
+from jaxbp._compare import BackpropError
 from jaxbp._network import Dense
 
 LAYOUTS = ("rows", "columns")
@@ -104,8 +105,6 @@ def _pair(item):
 def _column_bias(dW0, n: int, l: int):
     shape = tuple(getattr(dW0, "shape", ()))
     if shape != (n, 1):
-        from jaxbp._verify import BackpropError  # _verify imports this module
-
         raise BackpropError(
             f"backprop: layer {l} W0 has shape {shape}; expected ({n}, 1) with "
             f"layout='columns' (a column bias like the params' W0, n^{l} = {n})")

@@ -20,9 +20,7 @@ apart; the probe's 3e-4 is above EFFECT_MIN.
 
 from __future__ import annotations
 
-import argparse
 import collections
-import json
 import time
 
 import jax
@@ -69,17 +67,28 @@ def make_network(sizes, hidden, last, loss):
     return jaxbp.Network(sizes=tuple(sizes), activations=(*hidden, last), loss=loss)
 
 
+def random_targets(net, key, batch: int, dtype):
+    """Random valid targets (B, n^L) for the net's loss: one-hot, {0, 1}, {-1, +1} or normal."""
+    n = net.sizes[-1]
+    if net.loss_name == "nll":
+        return jax.nn.one_hot(jax.random.randint(key, (batch,), 0, n), n, dtype=dtype)
+    if net.loss_name == "binary_nll":
+        return jax.random.bernoulli(key, 0.5, (batch, n)).astype(dtype)
+    if net.loss_name == "hinge":
+        return jnp.where(jax.random.bernoulli(key, 0.5, (batch, n)), 1.0, -1.0).astype(dtype)
+    return jax.random.normal(key, (batch, n), dtype)
+
+
 def random_problem(net, seed: int, batch: int, dtype):
     """Params with nonzero biases, inputs N(0, 1) and valid targets."""
     import jaxbp
-    from jaxbp._demo import _random_targets
 
     kp, kb, kx, ky = jax.random.split(jax.random.key(seed), 4)
     params = net.init(kp, dtype=dtype)
     params = tuple(jaxbp.Dense(p.W, 0.3 * jax.random.normal(k, p.W0.shape, dtype))
                    for p, k in zip(params, jax.random.split(kb, net.num_layers)))
     X = jax.random.normal(kx, (batch, net.sizes[0]), dtype)
-    return params, X, _random_targets(net, ky, batch, dtype)
+    return params, X, random_targets(net, ky, batch, dtype)
 
 
 def _stats():
@@ -248,40 +257,3 @@ def format_summary(result: dict) -> str:
     lines.append("PASSED: every effective mutant caught at the right layer, no false alarms"
                  if result["passed"] else "FAILED")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------- CLI
-
-def add_parser(subparsers) -> None:
-    p = subparsers.add_parser(
-        "selftest", help="run the verifier on a catalog of classic backprop bugs",
-        description="Applies every mutant of the bug catalog (and four correct backprops) to "
-                    "random configurations and reports mutants caught, layers and suspects "
-                    "right, and false alarms. Exit 0 when every effective mutant is caught at "
-                    "the right layer with no false alarm.")
-    p.add_argument("--configs", type=int, default=500, help="random configurations (default 500)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=BATCH, help="examples per configuration")
-    p.add_argument("--json", metavar="PATH", help="also write the result as JSON to PATH")
-    p.add_argument("--quiet", action="store_true", help="no progress line")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.configs < 1:
-        raise ValueError(f"--configs: expected a positive number, got {args.configs}")
-    if args.batch < 2:
-        raise ValueError(f"--batch: expected at least 2 examples, got {args.batch}")
-
-    def progress(i, n):
-        if not args.quiet and (i % 10 == 0 or i == n):
-            print(f"\r  {i}/{n} configurations", end="", flush=True)
-
-    result = selftest(args.configs, seed=args.seed, batch=args.batch, progress=progress)
-    if not args.quiet:
-        print()
-    print(format_summary(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0 if result["passed"] else 1

@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     import jaxbp
     from jaxbp._selftest import random_problem
     from jaxbp._verify import BackpropError
-    from jaxbp.cli import network_from_args
+    from jaxbp._cli_args import network_from_args
 
     if args.batch < 1:
         raise ValueError(f"--batch: expected a positive number, got {args.batch}")

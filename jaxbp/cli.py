@@ -6,20 +6,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxbp import _demo, _explain, _selftest, _verify_cli
+from jaxbp import _demo, _explain_cli, _selftest_cli, _verify_cli
 
-_SUBCOMMANDS = (_demo, _explain, _verify_cli, _selftest)
-
-
-def network_from_args(args: argparse.Namespace):
-    """The ``Network`` named by a subcommand's --sizes, --activations and --loss flags."""
-    from jaxbp._network import Network
-
-    try:
-        sizes = tuple(int(s) for s in args.sizes.split(","))
-    except ValueError:
-        raise ValueError(f"--sizes: expected comma-separated ints, got {args.sizes!r}") from None
-    return Network(sizes=sizes, activations=tuple(args.activations.split(",")), loss=args.loss)
+_SUBCOMMANDS = (_demo, _explain_cli, _verify_cli, _selftest_cli)
 
 
 def build_parser() -> argparse.ArgumentParser:

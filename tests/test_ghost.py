@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxbp
-from jaxbp._demo import _random_targets
+from jaxbp._selftest import random_targets
 from jaxbp._tolerances import relative_error, rtol_for, tree_relative_error
 
 # (id, sizes, activations, loss): every loss, the fused and unfused paths, every activation.
@@ -33,7 +33,7 @@ def make_problem(sizes, activations, loss, *, batch=6, seed=0, dtype=jnp.float64
     params = tuple(jaxbp.Dense(p.W, 0.3 * jax.random.normal(k, p.W0.shape, dtype))
                    for p, k in zip(params, bias_keys))
     X = jax.random.normal(kx, (batch, sizes[0]), dtype)
-    Y = _random_targets(net, ky, batch, dtype)
+    Y = random_targets(net, ky, batch, dtype)
     return net, params, X, Y
 
 
