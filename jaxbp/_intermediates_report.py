@@ -151,8 +151,6 @@ class IntermediatesReport:
         """The report in the views' row protocol (``jaxbp._report_view``)."""
         from jaxbp import _report_view
 
-        lines = str(self).splitlines()
-        n_head = 2 if self.ok else 3  # verdict, (explanation,) the "values tapped" line
         rows = tuple(_report_view.ViewRow(
             label=r.name, max_rel_error=r.max_rel_error, budget=r.budget, ok=r.ok,
             status=(f"SHAPE {r.given_shape}" if r.status == "shape"
@@ -160,9 +158,8 @@ class IntermediatesReport:
             cells=(("shape", str(r.shape)), ("max abs err", _fmt(r.max_abs_error)),
                    ("worst index", "-" if r.worst_index is None else str(tuple(r.worst_index)))))
             for r in self.rows)
-        details = tuple(line.strip() for line in lines[1:n_head]) + tuple(
-            f"note: {note}" for note in self.notes)
-        return _report_view.View(self.ok, lines[0], details, rows)
+        verdict, details = _report_view.verdict_and_details(str(self), len(rows))
+        return _report_view.View(self.ok, verdict, details, rows)
 
     def _repr_html_(self) -> str:
         """Jupyter's view: the verdict, then the table with rows coloured by status."""

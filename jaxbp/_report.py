@@ -164,8 +164,6 @@ class Report:
         """The report in the views' row protocol (``jaxbp._report_view``)."""
         from jaxbp import _report_view
 
-        lines = str(self).splitlines()
-        n_head = 2 if self.ok else 3  # verdict, (explanation,) network line
         unit = "module" if self.mode in ("model", "module") else "layer"
         rows = tuple(_report_view.ViewRow(
             label=(r.parameter if r.layer is None else f"{unit} {r.layer} {r.parameter}"),
@@ -175,9 +173,8 @@ class Report:
                    ("worst ex", "-" if r.worst_example is None else str(r.worst_example)),
                    ("worst entry", str(tuple(r.worst_entry)))))
             for r in self.rows)
-        tail = lines[n_head + 1 + len(self.rows):]  # finite differences, notes
-        details = tuple(line.strip() for line in lines[1:n_head] + tail)
-        return _report_view.View(self.ok, lines[0], details, rows)
+        verdict, details = _report_view.verdict_and_details(str(self), len(rows))
+        return _report_view.View(self.ok, verdict, details, rows)
 
     def _repr_html_(self) -> str:
         """Jupyter's view: the verdict, then the table with rows coloured by status."""

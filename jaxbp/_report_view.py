@@ -70,6 +70,15 @@ class View(NamedTuple):
     rows: Sequence[ViewRow]
 
 
+def verdict_and_details(text: str, n_rows: int) -> tuple:
+    """(verdict, detail lines) of a report's text: its first line, and every
+    other line but the table (the line with "max abs err" and the n_rows after it)."""
+    lines = text.splitlines()
+    head = next(i for i, line in enumerate(lines) if "max abs err" in line)
+    rest = lines[1:head] + lines[head + 1 + n_rows:]
+    return lines[0], tuple(line.strip() for line in rest)
+
+
 def first_bad(rows: Sequence[ViewRow]) -> Optional[int]:
     """Index of the first row that failed, in the report's order; None if all passed."""
     return next((i for i, r in enumerate(rows) if not r.ok), None)

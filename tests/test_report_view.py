@@ -87,6 +87,9 @@ def test_repr_html_is_the_verdict_then_a_row_per_leaf(reports, name):
     if name.startswith("intermediates"):
         assert [s for s, _ in row_tags] != ["ok"] * len(row_tags)  # the cases show other statuses
     assert text.count("first bad") == (0 if report.ok else 1)
+    # every line of the text report but the verdict and the table is a detail paragraph
+    n_details = len(str(report).splitlines()) - 2 - len(report.rows)
+    assert text.count('<p class="jaxbp-detail"') == n_details
 
 
 def test_repr_html_escapes_text(reports):
