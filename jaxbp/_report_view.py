@@ -62,12 +62,17 @@ class ViewRow(NamedTuple):
 
 
 class View(NamedTuple):
-    """A report as the views see it: the verdict, detail lines and rows."""
+    """A report as the views see it: the verdict, detail lines and rows.
+
+    ``first_bad`` is the index of the row to mark; None marks the first row
+    that failed, in the rows' order.
+    """
 
     ok: bool
     verdict: str
     details: tuple
     rows: Sequence[ViewRow]
+    first_bad: Optional[int] = None
 
 
 def verdict_and_details(text: str, n_rows: int) -> tuple:
@@ -79,9 +84,11 @@ def verdict_and_details(text: str, n_rows: int) -> tuple:
     return lines[0], tuple(line.strip() for line in rest)
 
 
-def first_bad(rows: Sequence[ViewRow]) -> Optional[int]:
-    """Index of the first row that failed, in the report's order; None if all passed."""
-    return next((i for i, r in enumerate(rows) if not r.ok), None)
+def first_bad(view: View) -> Optional[int]:
+    """The row to mark: ``view.first_bad``, else the first that failed; None if all passed."""
+    if view.first_bad is not None:
+        return view.first_bad
+    return next((i for i, r in enumerate(view.rows) if not r.ok), None)
 
 
 def fmt(x: Optional[float]) -> str:
@@ -110,7 +117,7 @@ def html_table(view: View) -> str:
     parts.append("<thead><tr>" + "".join(
         f'<th style="padding:2px 8px;text-align:left">{e(h)}</th>' for h in head)
         + "</tr></thead><tbody>")
-    bad = first_bad(view.rows)
+    bad = first_bad(view)
     for i, r in enumerate(view.rows):
         mark = "first bad" if i == bad else ""
         cells = [mark, r.label, fmt(r.max_rel_error), fmt(r.budget),
@@ -171,7 +178,7 @@ def plot(view: View, *, title: Optional[str] = None):
     ax.scatter(budgets, ys, marker="|", s=400, color="black", label="budget", zorder=3)
     ax.set_xscale("log")
     ax.set_xlim(low, high)
-    bad = first_bad(rows)
+    bad = first_bad(view)
     ax.set_yticks(ys, [("first bad: " if i == bad else "") + r.label
                        for i, r in enumerate(rows)])
     ax.invert_yaxis()  # the report's order, top to bottom

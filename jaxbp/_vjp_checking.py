@@ -138,6 +138,49 @@ class CheckLog:
                     f"({r.first_failure.primal})") for r in self.records.values()]
         return f"CheckLog(ok={self.ok}, first_bad={self.first_bad!r}; {'; '.join(parts)})"
 
+    def _view(self):
+        """The log in the views' row protocol (``jaxbp._report_view``): a row per layer."""
+        from jaxbp import _report_view
+
+        rows = tuple(_report_view.ViewRow(
+            label=r.name, max_rel_error=r.max_error,
+            budget=None if r.ok else r.first_failure.budget, ok=r.ok,
+            status="ok" if r.ok else ("NONFINITE" if math.isinf(r.first_failure.error)
+                                      else "WRONG"),
+            cells=(("calls", str(r.calls)),
+                   ("first failing call", "-" if r.ok else
+                    f"{r.first_failure.call} ({r.first_failure.primal})")))
+            for r in self.records.values())
+        if self.ok:
+            verdict = (f"jaxbp.checking: OK — every backward of {len(rows)} custom layer(s) "
+                       f"agreed with jax.vjp")
+        else:
+            verdict = f"jaxbp.checking: WRONG — first bad layer: {self.first_bad}"
+        details = ("max rel err: the largest over each layer's calls; the budget is shown for "
+                   "layers that failed (the one their first failing call was judged by)",)
+        names = [r.name for r in self.records.values()]
+        bad = None if self.ok else names.index(self.first_bad)  # first to fail, in call order
+        return _report_view.View(self.ok, verdict, details, rows, bad)
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the verdict, then a row per layer coloured by status."""
+        from jaxbp import _report_view
+
+        return _report_view.html_table(self._view())
+
+    def plot(self, *, title: Optional[str] = None):
+        """Each layer's largest relative error (log scale), the first bad layer marked.
+
+        Args:
+          title: the axes' title (default: the verdict).
+
+        Returns:
+          A ``matplotlib.figure.Figure`` (built without pyplot). Needs matplotlib.
+        """
+        from jaxbp import _report_view
+
+        return _report_view.plot(self._view(), title=title)
+
     # -- host side, from the callback
     def _record(self, name, forward, primals, dy, yours, ref):
         with self._lock:

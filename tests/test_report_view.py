@@ -154,3 +154,22 @@ def test_verify_html_for_a_backprop_that_raises(tmp_path, monkeypatch):
     assert main(["verify", "tests._user_backprops:raises", *CLI_NET, "--html", str(path)]) == 1
     page = path.read_text(encoding="utf-8")
     assert "RuntimeError" in page and "http" not in page
+
+
+def test_checking_log_has_the_same_views():
+    sine = jaxbp.custom_vjp(jnp.sin, lambda x, dy: (jnp.cos(x) * dy,), name="sine")
+    cube = jaxbp.custom_vjp(lambda x: x ** 3, lambda x, dy: (2 * x ** 2 * dy,), name="cube")
+    with jaxbp.checking() as log:  # cube's backward: 2x² where 3x² is due
+        jax.jit(jax.grad(lambda x: cube(sine(x)).sum()))(jnp.arange(1.0, 4.0))
+    names = list(log.records)
+    assert sorted(names) == ["cube", "sine"] and log.first_bad == "cube"
+    text = log._repr_html_()
+    row_tags = re.findall(r'<tr class="jaxbp-row jaxbp-([\w-]+)"', text)
+    assert row_tags == ["ok" if log.records[n].ok else "wrong" for n in names]
+    (ax,) = log.plot().axes
+    assert ax.get_xscale() == "log" and len(ax.patches) == len(names)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[names.index("cube")] == "first bad: cube"
+    # cube's error is 1/3 relative: |2x² − 3x²| / max 3x² at the largest x
+    bar = ax.patches[names.index("cube")]
+    assert bar.get_x() + bar.get_width() == pytest.approx(1 / 3, rel=1e-5)
