@@ -5,6 +5,7 @@ import dataclasses
 import math
 import os
 import re
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -173,3 +174,14 @@ def test_checking_log_has_the_same_views():
     # cube's error is 1/3 relative: |2x² − 3x²| / max 3x² at the largest x
     bar = ax.patches[names.index("cube")]
     assert bar.get_x() + bar.get_width() == pytest.approx(1 / 3, rel=1e-5)
+
+
+def test_without_matplotlib_plot_says_so_and_the_page_keeps_the_table(reports, monkeypatch):
+    from jaxbp import _report_view
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        reports["wrong"].plot()
+    page = _report_view.page(reports["wrong"]._view())
+    assert "<table" in page and "data:image/png" not in page
+    assert "install matplotlib for the plot" in page
