@@ -20,6 +20,11 @@ TRAIN = os.path.join(ROOT, "experiments", "train.py")
 # The default model and data set, small: 1438 examples / 32 = 44 steps an epoch.
 TINY = ["--sizes", "64,16,10", "--batch-size", "32", "--x64", "--quiet"]
 TIMINGS = {"seconds", "compile_seconds"}
+# The kill-and-resume test, once per model: flags, steps. The mlp's 120 steps cross two epochs
+# (the data order's RNG is restored too); a checkpoint every 2 steps keeps each run busy well
+# past its first one, and the kill may land in a save, which must leave the earlier ones usable.
+KILLED = {"default-mlp": (TINY, 120),
+          "cnn": (["--model", "cnn", "--batch-size", "16", "--x64", "--quiet"], 60)}
 
 
 @pytest.fixture(scope="module")
@@ -53,13 +58,13 @@ def assert_same_run(got, want, *, atol=0.0):
         assert r_got["steps"] == r_want["steps"]
 
 
-def test_a_killed_run_resumes_to_the_bits_of_an_uninterrupted_one(train, tmp_path, capsys):
-    steps = ["--steps", "60"]  # across an epoch boundary: the data order's RNG is restored too
+@pytest.mark.parametrize("model", KILLED)
+def test_a_killed_run_resumes_to_the_bits_of_an_uninterrupted_one(train, tmp_path, capsys, model):
+    flags, n = KILLED[model]
+    steps = ["--steps", str(n)]
     out = tmp_path / "killed"
-    # Saving every 2 steps keeps the run busy well past its first checkpoint; the kill may
-    # land in the middle of a later save, which must leave the earlier ones usable.
     proc = subprocess.Popen(
-        [sys.executable, TRAIN, *TINY, *steps, "--checkpoint-every", "2", "--out", str(out)],
+        [sys.executable, TRAIN, *flags, *steps, "--checkpoint-every", "2", "--out", str(out)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env=dict(os.environ, JAX_PLATFORMS="cpu"))
     deadline = time.monotonic() + 240
@@ -72,19 +77,19 @@ def test_a_killed_run_resumes_to_the_bits_of_an_uninterrupted_one(train, tmp_pat
     assert proc.returncode == -signal.SIGKILL, "the run finished before it was killed"
     assert not (out / "results.json").exists()
 
-    train.cli(TINY + steps + ["--checkpoint-every", "25", "--resume", "--out", str(out)])
+    train.cli(flags + steps + ["--checkpoint-every", "25", "--resume", "--out", str(out)])
     printed = capsys.readouterr().out
     start = int(printed.split("resuming at step ")[1].split()[0])
-    assert 2 <= start < 60 and start % 2 == 0, printed
-    train.cli(TINY + steps + ["--out", str(tmp_path / "whole")])
+    assert 2 <= start < n and start % 2 == 0, printed
+    train.cli(flags + steps + ["--out", str(tmp_path / "whole")])
     assert_same_run(out, tmp_path / "whole")
     with open(out / "history.csv") as f:
-        assert [int(row.split(",")[0]) for row in list(f)[1:]] == list(range(1, 61))
+        assert [int(row.split(",")[0]) for row in list(f)[1:]] == list(range(1, n + 1))
     # The last few complete checkpoints, nothing half-written, no temporary files.
     assert not [n for n in os.listdir(out) if n.startswith(".")], os.listdir(out)
     kept = os.listdir(out / "checkpoints")
     assert 1 <= len(kept) <= train.checkpoint.KEEP and all(n.isdigit() for n in kept), kept
-    assert "60" in kept
+    assert str(n) in kept
 
 
 # Sharded over four CPU devices needs XLA_FLAGS before JAX starts: a fresh interpreter. The
