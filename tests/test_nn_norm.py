@@ -1,4 +1,4 @@
-"""LayerNorm, BatchNorm, Embedding, Dropout: hand-written backward against jax.vjp, closed forms, errors."""
+"""LayerNorm, BatchNorm, Embedding, Dropout: backward against jax.vjp, closed forms, errors."""
 
 import functools
 import math
@@ -184,7 +184,7 @@ def test_embedding_gradient_is_the_counted_scatter_add(jit):
 
 
 def test_embedding_id_check_is_skipped_under_jit():
-    """Eagerly an out-of-range id raises; traced, the values are unknown and JAX's clamping applies."""
+    """Eagerly an out-of-range id raises; traced, its value is unknown (JAX's clamping applies)."""
     module = nn.Embedding(4, 2)
     params, _ = module.init(jax.random.key(0), (2,), jnp.float64)
     with pytest.raises(ValueError, match="token id 4"):
@@ -277,7 +277,8 @@ _W = nn.EmbeddingTable(jnp.zeros((5, 2)))
 
 
 @pytest.mark.parametrize("make,exc,match", [
-    (lambda: nn.LayerNorm(0.0), ValueError, r"LayerNorm: eps must be a positive finite number, got 0\.0"),
+    (lambda: nn.LayerNorm(0.0), ValueError,
+     r"LayerNorm: eps must be a positive finite number, got 0\.0"),
     (lambda: nn.LayerNorm(-1e-5), ValueError, "LayerNorm: eps .* got -1e-05"),
     (lambda: nn.BatchNorm(float("nan")), ValueError, "BatchNorm: eps .* got nan"),
     (lambda: nn.BatchNorm("1e-5"), ValueError, "BatchNorm: eps .* got '1e-5'"),
@@ -295,7 +296,9 @@ _W = nn.EmbeddingTable(jnp.zeros((5, 2)))
      r"BatchNorm\(\): expects at least a feature axis"),
     (lambda: nn.Embedding(5, 2).init(jax.random.key(0), (3,), jnp.int32), TypeError,
      r"Embedding\(5, 2\): dtype: expected a floating dtype .* got int32"),
-], ids=lambda v: v if isinstance(v, str) else None)
+], ids=["layer-eps-0", "layer-eps-neg", "batch-eps-nan", "batch-eps-str", "layer-eps-bool",
+        "embed-vocab-0", "embed-vocab-float", "embed-dim-neg", "dropout-1", "dropout-neg",
+        "dropout-inf", "dropout-str", "layer-init-scalar", "batch-init-scalar", "embed-init-int"])
 def test_construction_errors(make, exc, match):
     with pytest.raises(exc, match=match):
         make()
