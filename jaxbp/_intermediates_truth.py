@@ -12,12 +12,12 @@ Your forward runs in three modes, each a ``tap``:
 
 The programs are jitted once per (forward, shapes) and cached by ``jax.jit`` (forward is a
 static argument); array leaves of args are traced, other leaves (Python numbers, strings) are
-static. A forward that cannot be traced (Python control flow on a tapped value) runs eagerly.
+static. So forward must be traceable in the tapped values (no Python ``if`` on them), as
+anything under ``jax.jit`` or ``jax.grad`` must.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
@@ -155,15 +155,16 @@ def _join(arrays, static: _Static):
 
 # ------------------------------------------------------------------- programs
 
-def _values(arrays, *, forward, static):
-    tap = Tap()
-    loss = forward_loss(forward, _join(arrays, static), tap)
-    return loss, tap.values
-
-
 def _grads(arrays, eps, *, forward, static):
+    """(loss, {name: value}, {name: ∂loss/∂value}) with tap(name, v) = v + eps[name]."""
     args = _join(arrays, static)
-    return jax.grad(lambda e: forward_loss(forward, args, _Perturb(e)))(eps)
+
+    def perturbed(e):
+        tap = _Perturb(e)
+        return forward_loss(forward, args, tap), tap.values
+
+    (loss, values), grads = jax.value_and_grad(perturbed, has_aux=True)(eps)
+    return loss, values, grads
 
 
 def _split_pullback(arrays, constants, eps, cotangents, *, forward, static):
@@ -177,20 +178,18 @@ def _split_pullback(arrays, constants, eps, cotangents, *, forward, static):
     return jax.vjp(split, eps)[1](cotangents)[0]
 
 
-_STATIC = ("forward", "static")
-_JITTED = {f: jax.jit(f, static_argnames=_STATIC) for f in (_values, _grads, _split_pullback)}
-_NOT_TRACEABLE = (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError,
-                  jax.errors.TracerIntegerConversionError)
+# These programs run once or a few times: XLA's optimization level 0 halves their compile time.
+_JITTED = {f: jax.jit(f, static_argnames=("forward", "static"),
+                      compiler_options={"xla_backend_optimization_level": 0})
+           for f in (_grads, _split_pullback)}
 
 
 def run(program, forward, args, *operands):
-    """program(*operands) for this forward and args, jitted (cached) where possible."""
+    """program(*operands) for this forward and args: jitted and cached by jax.jit, or eagerly
+    when a non-array leaf of args cannot be hashed (so cannot be a static argument)."""
     arrays, static = split_args(args)
     if arrays is not None:
-        try:
-            return _JITTED[program](arrays, *operands, forward=forward, static=static)
-        except _NOT_TRACEABLE:
-            pass
+        return _JITTED[program](arrays, *operands, forward=forward, static=static)
     arrays, static = [], _Static(jax.tree.structure(args), tuple(enumerate(jax.tree.leaves(args))))
     return program(arrays, *operands, forward=forward, static=static)
 
@@ -198,7 +197,7 @@ def run(program, forward, args, *operands):
 def observed_roundoff(forward, args_d, truth: "Truth", dtype) -> dict:
     """max |jax.grad in dtype − float64 truth| per tapped name (args_d already in dtype)."""
     eps = {n: np.zeros(truth.shapes[n], dtype) for n in truth.names}
-    grads = run(_grads, forward, args_d, eps)
+    _, _, grads = run(_grads, forward, args_d, eps)
     return {n: _max_abs(np.asarray(grads[n], np.float64) - truth.truth[n]) for n in truth.names}
 
 
@@ -212,12 +211,12 @@ class Truth:
 
     def __init__(self, forward, args64):
         self.forward, self.args = forward, args64
-        order = []  # tap order (a dict out of jit comes back sorted by key)
+        order = {}  # name: shape, in tap order (a dict out of jit comes back sorted by key)
 
         def discover(a):
             tap = Tap()
             loss = forward_loss(forward, a, tap)
-            order[:] = tap.values
+            order.update((n, v.shape) for n, v in tap.values.items())
             return loss
 
         jax.eval_shape(discover, args64)  # names, order, shapes; validates; compiles nothing
@@ -225,13 +224,12 @@ class Truth:
         if not names:
             raise ValueError("forward never called tap: mark each value to check with "
                              "v = tap('v', v)")
-        loss, values = run(_values, forward, args64)
+        self.shapes = {n: tuple(order[n]) for n in names}
+        self._zeros = {n: np.zeros(self.shapes[n], np.float64) for n in names}
+        self._dependencies()  # (ValueError on an unused tap before anything compiles)
+        loss, values, grads = run(_grads, forward, args64, self._zeros)
         self.loss = float(loss)
         self.values = {n: np.asarray(values[n]) for n in names}
-        self.shapes = {n: v.shape for n, v in self.values.items()}
-        self._zeros = {n: np.zeros(self.shapes[n], np.float64) for n in names}
-        self._dependencies()
-        grads = run(_grads, forward, args64, self._zeros)
         self.truth = {n: np.asarray(grads[n]) for n in names}
         bad = [n for n in names if not np.all(np.isfinite(self.truth[n]))]
         if bad:
@@ -250,7 +248,7 @@ class Truth:
         names = self.names
 
         def split(eps):
-            tap = _Split(dict(zip(names, eps)), self.values)
+            tap = _Split(dict(zip(names, eps)), self._zeros)  # constants: only shapes matter
             loss = forward_loss(self.forward, self.args, tap)
             return loss, [tap.values[n] for n in names]
 
