@@ -50,6 +50,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # siblings, also when imported
 from _timing import MIN_REPEATS, compare  # noqa: E402,I001
 import _bench_models  # noqa: E402,I001
+import _bench_private  # noqa: E402,I001
 
 
 class Case(NamedTuple):
@@ -217,7 +218,8 @@ COLUMNS = ("case", "dtype", "B", "task", "jaxbp", "reference", "speedup", "targe
 TASK_LABELS = {"batch_grad": "batch grad", "gflops_vs_dot": "GFLOP/s vs jnp.dot",
                "per_example_grads": "per-example grads", "write_bound": "  write bound",
                "norms": "per-example norms", "clipped": "clipped grad",
-               "model_grad": "nn model grad", "memory": "  XLA temp memory"}
+               "model_grad": "nn model grad", "memory": "  XLA temp memory",
+               "private_clip": "clipped vs jax_privacy"}
 
 
 def table_lines(rows: list) -> list[str]:
@@ -243,6 +245,8 @@ def table_lines(rows: list) -> list[str]:
                           f"{row['temp_bytes_reference'] / 1e6:.2f} MB",
                           f"{row['temp_bytes_jaxbp'] / max(row['temp_bytes_reference'], 1):.2f}x",
                           "<=1.00x", {True: "yes", False: "NO"}[row["memory_met"]], ""))
+        if row["task"] == "private_clip":
+            lines += _bench_private.table_lines(row)
         if row["task"] == "per_example_grads":
             lines.append(("", "", "", TASK_LABELS["write_bound"],
                           f"{1e3 * row['write_s']:.3f} ms",
@@ -316,6 +320,14 @@ def main(*, quick: bool = False, x64: bool = False, json_out: str | None = None,
             repeats=REPEATS[mode], min_sample_s=MIN_SAMPLE_S[mode], max_s=MAX_PAIR_S[mode],
             seed=seed)
         print(f"  nn models {jnp.dtype(dtype).name}: {time.perf_counter() - t0:.0f} s",
+              file=sys.stderr, flush=True)
+    for dtype in dtypes:  # private gradients of jaxbp.nn models (issue 13)
+        t0 = time.perf_counter()
+        rows += _bench_private.run_private(
+            _bench_private.TINY_CASES if tiny else _bench_private.CASES, dtype,
+            repeats=REPEATS[mode], min_sample_s=MIN_SAMPLE_S[mode], max_s=MAX_PAIR_S[mode],
+            seed=seed)
+        print(f"  private {jnp.dtype(dtype).name}: {time.perf_counter() - t0:.0f} s",
               file=sys.stderr, flush=True)
     result = {
         "machine": info,

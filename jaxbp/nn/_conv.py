@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxbp.nn._module import Module, bias, check_rank, shape_error
+from jaxbp.nn._per_example import hook_from_backward, outer_sq_norms, row_sq_norms
 
 PADDINGS = ("SAME", "VALID")
 
@@ -138,6 +139,9 @@ def Conv2D(out_channels: int, kernel_size, *, stride=1, padding: str = "SAME") -
                                                  Σ over b, i, j, the notes' a ⊗ ∂L/∂z per window
         ∂L/∂W0 = Σ_{b, i, j} ∂L/∂Z               (O,)
 
+    Per example (private gradients): W_b = P_bᵀ ∂L/∂Z_b over the unfolded patches P_b
+    (T = oh·ow rows), its squared norm ghost or materialized by ``outer_sq_norms``.
+
     Both are ``lax.conv_general_dilated`` calls (the pad amounts are derived in
     ``conv_backward_input`` and ``conv_backward_kernel``), as XLA's own transposes are.
 
@@ -200,4 +204,14 @@ def _conv2d(out_channels: int, kernel: tuple[int, int], stride: tuple[int, int],
         dW = conv_backward_kernel(X, dZ, kernel, stride, pads)
         return Conv(dW, jnp.sum(dZ, axis=(0, 1, 2))), dX
 
-    return Module(name, init, forward, backward)
+    def sq_norms(params, X, dZ):
+        # Example b's kernel gradient is P_bᵀ G_b over its T = oh·ow windows, P_b (T, kh·kw·C)
+        # the unfolded patches (their order inside a row does not change any norm).
+        pads = pads_of(X, params.W)
+        P = lax.conv_general_dilated_patches(X, kernel, stride, [(lo, hi) for _, lo, hi in pads],
+                                             dimension_numbers=_NHWC)  # (B, oh, ow, C·kh·kw)
+        B = X.shape[0]
+        G = dZ.reshape(B, -1, dZ.shape[-1])  # (B, T, O)
+        return outer_sq_norms(P.reshape(B, G.shape[1], -1), G) + row_sq_norms(jnp.sum(G, axis=1))
+
+    return Module(name, init, forward, backward, hook_from_backward(backward, sq_norms))
