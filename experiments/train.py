@@ -11,6 +11,7 @@ The largest parameter difference between them along the whole run is recorded.
     python experiments/train.py --checkpoint-every 100   # killed? add --resume to go on
     python experiments/train.py --model cnn              # jaxbp.nn: a CNN on 8×8×1 digits
     python experiments/train.py --model transformer      # a causal transformer block on sequences
+    python experiments/train.py --private --noise-multiplier 1.1   # DP-SGD; ε at δ reported
 
 Writes DIR/results.json, DIR/loss.png, DIR/boundary.png (2-D data), DIR/history.csv (loss per
 step and the manual-autodiff gap) and DIR/params.npz (final params of each run), each atomically
@@ -37,6 +38,7 @@ from jaxbp import datasets
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # siblings, also when imported
 import _checkpoint as checkpoint  # noqa: E402
+import _privacy as privacy  # noqa: E402
 import _tasks as tasks  # noqa: E402
 from _common import (FlagError, Parser, allowed, atomic_write, backend_line,  # noqa: E402,I001
                      check_writable, host)
@@ -74,7 +76,8 @@ OPTIMIZERS = {
 
 
 def resolve(*, dataset, sizes, activations, loss, optimizer, lr, steps, batch_size, seed, grad,
-            devices, out, dtype=np.float32, checkpoint_every=None, model=MODEL) -> dict:
+            devices, out, dtype=np.float32, checkpoint_every=None, model=MODEL,
+            private=None) -> dict:
     """Checks every setting before anything runs; fills the per-dataset defaults.
 
     ``cfg["computation"]`` collects every setting that changes the numbers a run computes
@@ -90,7 +93,8 @@ def resolve(*, dataset, sizes, activations, loss, optimizer, lr, steps, batch_si
         return _resolve_nn(model, dataset=dataset, sizes=sizes, activations=activations,
                            loss=loss, optimizer=optimizer, lr=lr, steps=steps,
                            batch_size=batch_size, seed=seed, grad=grad, devices=devices,
-                           out=out, dtype=dtype, checkpoint_every=checkpoint_every)
+                           out=out, dtype=dtype, checkpoint_every=checkpoint_every,
+                           private=private)
     dataset = DATASET if dataset is None else dataset
     batch_size = BATCH_SIZE if batch_size is None else batch_size
     if dataset not in datasets.NAMES:
@@ -141,11 +145,11 @@ def resolve(*, dataset, sizes, activations, loss, optimizer, lr, steps, batch_si
                        activations=list(net.activations), loss=loss)
     return _settings(tasks.mlp_task(data, net), preset, computation, optimizer=optimizer, lr=lr,
                      steps=steps, batch_size=batch_size, seed=seed, grad=grad, devices=devices,
-                     out=out, dtype=dtype, checkpoint_every=checkpoint_every)
+                     out=out, dtype=dtype, checkpoint_every=checkpoint_every, private=private)
 
 
 def _resolve_nn(model, *, dataset, sizes, activations, loss, optimizer, lr, steps, batch_size,
-                seed, grad, devices, out, dtype, checkpoint_every) -> dict:
+                seed, grad, devices, out, dtype, checkpoint_every, private) -> dict:
     """``resolve`` for the jaxbp.nn models: fixed data set, architecture and loss."""
     preset = MODEL_PRESETS[model]
     if dataset not in (None, preset["dataset"]):
@@ -162,11 +166,11 @@ def _resolve_nn(model, *, dataset, sizes, activations, loss, optimizer, lr, step
     computation = dict(model=model, dataset=preset["dataset"], loss=loss)
     return _settings(task, preset, computation, optimizer=optimizer, lr=lr, steps=steps,
                      batch_size=batch_size, seed=seed, grad=grad, devices=devices, out=out,
-                     dtype=dtype, checkpoint_every=checkpoint_every)
+                     dtype=dtype, checkpoint_every=checkpoint_every, private=private)
 
 
 def _settings(task, preset, computation, *, optimizer, lr, steps, batch_size, seed, grad,
-              devices, out, dtype, checkpoint_every) -> dict:
+              devices, out, dtype, checkpoint_every, private=None) -> dict:
     """The checks every model shares; the cfg dict (see ``resolve``)."""
     data = task.data
     lr = preset["lr"] if lr is None else lr
@@ -194,6 +198,13 @@ def _settings(task, preset, computation, *, optimizer, lr, steps, batch_size, se
                                              and checkpoint_every >= 1):
         raise FlagError("--checkpoint-every", f"expected an int >= 1 (steps between "
                                               f"checkpoints), got {checkpoint_every!r}")
+    if private is not None:  # DP-SGD: Poisson batches of mean batch_size, the manual pass
+        private = privacy.check(**private, n_train=n_train)
+        if grad == "autodiff" or devices != 1:
+            raise FlagError("--private", f"runs with --grad manual on one device, got --grad "
+                                         f"{grad} --devices {devices}")
+        grad = "manual"
+        computation = dict(computation, private=dict(private, sampling=privacy.SAMPLING))
     name = computation["model"] if computation["model"] != "mlp" else data.name
     out = os.path.join("runs", name) if out is None else str(out)
     check_writable(out)
@@ -202,7 +213,7 @@ def _settings(task, preset, computation, *, optimizer, lr, steps, batch_size, se
     return dict(data=data, net=task.model, task=task, optimizer=optimizer, lr=float(lr),
                 steps=steps, batch_size=batch_size, seed=seed, devices=devices, out=out,
                 grads=("manual", "autodiff") if grad == "both" else (grad,),
-                checkpoint_every=checkpoint_every, computation=computation)
+                checkpoint_every=checkpoint_every, computation=computation, private=private)
 
 
 @jax.jit
@@ -246,7 +257,8 @@ def _progress(cfg: dict, params0, optimizer) -> dict:
                               for g in cfg["grads"]},
                 history={c: [] for c in columns},
                 order=_data_order(len(cfg["data"].y_train), cfg["seed"]),
-                extra={}, counters=dict(seconds=dict.fromkeys(cfg["grads"], 0.0)))
+                extra={}, counters=dict(seconds=dict.fromkeys(cfg["grads"], 0.0),
+                                        **(dict(dp_steps=0, dropped=0) if cfg["private"] else {})))
 
 
 def train(cfg: dict, *, dtype, quiet: bool, start: int | None = None) -> dict:
@@ -283,11 +295,22 @@ def _loop(cfg, progress, optimizer, mesh, X, Y, mngr, *, dtype, quiet):
     state = {g: jaxbp.replicate(mesh, (r["params"], r["opt_state"]))
              for g, r in progress["runs"].items()}
     steps, compile_seconds = {}, {}
-    Xb, Yb = jaxbp.shard_batch(mesh, X[:cfg["batch_size"]], Y[:cfg["batch_size"]])
+    private, n = cfg["private"], len(data.y_train)
+    if private:  # padded Poisson batches, a fresh noise key each step
+        q = cfg["batch_size"] / n
+        cap = privacy.capacity(n, q)
+        noise_key = jax.random.fold_in(jax.random.key(cfg["seed"]), 0x5EED)
+        extra_args = lambda t, mask: (jax.random.fold_in(noise_key, t), jnp.asarray(mask))  # noqa: E731
+        settings = dict(max_norm=private["max_norm"], batch_size=cfg["batch_size"],
+                        noise_multiplier=private["noise_multiplier"])
+        make = lambda g: jaxbp.make_step(net, optimizer, private=settings)  # noqa: E731
+    else:
+        cap, extra_args = cfg["batch_size"], lambda t, mask: ()  # noqa: E731
+        make = lambda g: jaxbp.make_step(net, optimizer, grad=g, mesh=mesh)  # noqa: E731
+    Xb, Yb = jaxbp.shard_batch(mesh, X[:cap], Y[:cap])
     for g in grads:  # compile ahead so that "seconds" measures training only
         t0 = time.perf_counter()
-        step = jaxbp.make_step(net, optimizer, grad=g, mesh=mesh)
-        steps[g] = step.lower(*state[g], Xb, Yb).compile()
+        steps[g] = make(g).lower(*state[g], Xb, Yb, *extra_args(0, np.ones(cap, bool))).compile()
         compile_seconds[g] = time.perf_counter() - t0
     seconds = progress["counters"]["seconds"]
     history = progress["history"]
@@ -296,11 +319,20 @@ def _loop(cfg, progress, optimizer, mesh, X, Y, mngr, *, dtype, quiet):
     bar = tqdm(total=cfg["steps"], initial=progress["step"], disable=not show, desc=data.name)
     every = max(1, cfg["steps"] // 50)
     save_every = cfg["checkpoint_every"] if mngr is not None else 0
-    for t, idx in _batches(progress["order"], cfg["batch_size"], progress["step"], cfg["steps"]):
+    if private:
+        batches = privacy.poisson_batches(progress["order"], n, q, cap, progress["step"],
+                                          cfg["steps"])
+    else:
+        batches = ((t, idx, None, 0) for t, idx in _batches(
+            progress["order"], cfg["batch_size"], progress["step"], cfg["steps"]))
+    for t, idx, mask, dropped in batches:
         Xb, Yb = jax.block_until_ready(jaxbp.shard_batch(mesh, X[idx], Y[idx]))  # not timed
+        if private:  # the accountant's step count goes into the checkpoint with the rest
+            progress["counters"]["dp_steps"] = t + 1
+            progress["counters"]["dropped"] += dropped
         for g, g_losses in zip(grads, losses):
             t0 = time.perf_counter()
-            params, opt_state, loss = steps[g](*state[g], Xb, Yb)
+            params, opt_state, loss = steps[g](*state[g], Xb, Yb, *extra_args(t, mask))
             jax.block_until_ready(params)
             seconds[g] += time.perf_counter() - t0
             state[g] = (params, opt_state)
@@ -328,8 +360,8 @@ def _loop(cfg, progress, optimizer, mesh, X, Y, mngr, *, dtype, quiet):
         results[g]["params"] = params
     history = {c: np.array([host(v) for v in values], dtype=np.float64)
                for c, values in history.items()}
-    return dict(results=results, history=history,
-                max_param_diff=float(history["param_diff"].max()) if diffs is not None else None)
+    return dict(results=results, history=history, counters=progress["counters"],
+                capacity=cap, max_param_diff=float(history["param_diff"].max()) if diffs is not None else None)
 
 
 def write_outputs(cfg: dict, run: dict, summary: dict, out: str) -> list[str]:
@@ -375,7 +407,9 @@ def main(*, model: str = MODEL, dataset: str | None = None, sizes=None, activati
          loss: str = LOSS, optimizer: str = OPTIMIZER, lr: float | None = None,
          steps: int | None = None, batch_size: int | None = None, seed: int = SEED,
          grad: str = GRAD, x64: bool = False, devices=DEVICES, out: str | None = None,
-         quiet: bool = False, checkpoint_every: int | None = None, resume: bool = False) -> dict:
+         quiet: bool = False, checkpoint_every: int | None = None, resume: bool = False,
+         private: bool = False, max_norm: float = 1.0, noise_multiplier: float = 1.1,
+         delta: float = privacy.DELTA) -> dict:
     """Trains, prints a summary, writes the outputs; returns the results dict (as results.json).
 
     Args:
@@ -398,6 +432,11 @@ def main(*, model: str = MODEL, dataset: str | None = None, sizes=None, activati
         the last); None: none.
       resume: go on from the latest checkpoint in OUT/checkpoints (same computation flags;
         ``steps`` may be larger, ``devices`` may differ).
+      private: DP-SGD (``jaxbp.make_step(..., private=...)``, manual grad, one device):
+        each step's batch is Poisson-sampled with rate q = batch_size / N (padded and
+        masked), each example's gradient clipped to ``max_norm``, Gaussian noise of
+        standard deviation ``noise_multiplier`` · max_norm added to the sum; ε at
+        ``delta`` (dp-accounting's RDP accountant) goes into the summary as ``epsilon``.
     """
     if x64:
         jax.config.update("jax_enable_x64", True)
@@ -405,7 +444,9 @@ def main(*, model: str = MODEL, dataset: str | None = None, sizes=None, activati
     cfg = resolve(dataset=dataset, sizes=sizes, activations=activations, loss=loss,
                   optimizer=optimizer, lr=lr, steps=steps, batch_size=batch_size, seed=seed,
                   grad=grad, devices=devices, out=out, dtype=dtype,
-                  checkpoint_every=checkpoint_every, model=model)
+                  checkpoint_every=checkpoint_every, model=model,
+                  private=dict(max_norm=max_norm, noise_multiplier=noise_multiplier,
+                               delta=delta) if private else None)
     start = checkpoint.start_step(os.path.join(cfg["out"], "checkpoints"),
                                   computation=cfg["computation"], steps=cfg["steps"],
                                   resume=resume, checkpoint_every=checkpoint_every)
@@ -433,6 +474,16 @@ def main(*, model: str = MODEL, dataset: str | None = None, sizes=None, activati
         r = run["results"].get(g)
         summary[g] = None if r is None else {k: v for k, v in r.items() if k != "params"}
     summary["max_param_diff"] = run["max_param_diff"]
+    if cfg["private"]:
+        q = cfg["batch_size"] / len(data.y_train)
+        dp_steps = run["counters"]["dp_steps"]
+        summary["epsilon"] = privacy.epsilon(noise_multiplier=cfg["private"]["noise_multiplier"],
+                                             q=q, steps=dp_steps, delta=cfg["private"]["delta"])
+        summary["private"] = dict(cfg["private"], sampling=privacy.SAMPLING, sampling_rate=q,
+                                  expected_batch_size=cfg["batch_size"],
+                                  padded_batch_size=run["capacity"], dp_steps=dp_steps,
+                                  dropped_examples=run["counters"]["dropped"],
+                                  accountant="dp_accounting RDP")
     if lead:
         _print_summary(summary)
         names = write_outputs(cfg, run, summary, cfg["out"])
@@ -452,6 +503,12 @@ def _print_summary(s: dict) -> None:
                    if r and "chance_accuracy" in r), None)
     if chance is not None:
         print(f"accuracy is per token; chance level {chance:.4f}")
+    if "epsilon" in s:
+        p = s["private"]
+        print(f"DP-SGD: epsilon = {s['epsilon']:.3f} at delta = {p['delta']:g} after "
+              f"{p['dp_steps']} steps (Poisson sampling q = {p['sampling_rate']:.4g}, "
+              f"noise multiplier {p['noise_multiplier']:g}, max norm {p['max_norm']:g}; "
+              f"{p['accountant']})")
     if s["max_param_diff"] is not None:
         print(f"max |params_manual − params_autodiff| along the run: {s['max_param_diff']:.3e} "
               f"({s['dtype']})")
@@ -494,6 +551,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="go on from the latest checkpoint in OUT/checkpoints; the flags that "
                         "change the computation must match, --steps may grow")
+    p.add_argument("--private", action="store_true",
+                   help="DP-SGD: Poisson-sampled batches (mean --batch-size), per-example "
+                        "clipping and Gaussian noise; reports epsilon (needs jaxbp[privacy])")
+    p.add_argument("--max-norm", type=float, default=1.0, metavar="C",
+                   help="with --private: per-example clipping norm (default 1.0)")
+    p.add_argument("--noise-multiplier", type=float, default=1.1, metavar="SIGMA",
+                   help="with --private: noise std / max norm (default 1.1)")
+    p.add_argument("--delta", type=float, default=privacy.DELTA,
+                   help=f"with --private: the delta of (epsilon, delta) (default {privacy.DELTA:g})")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host: call jax.distributed.initialize() first (auto-detects "
                         "SLURM, Open MPI, Cloud TPU; or pass the three flags below)")
@@ -520,7 +586,9 @@ def cli(argv=None) -> int:
              loss=args.loss, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
              batch_size=args.batch_size, seed=args.seed, grad=args.grad, x64=args.x64,
              devices=devices, out=args.out, quiet=args.quiet,
-             checkpoint_every=args.checkpoint_every, resume=args.resume)
+             checkpoint_every=args.checkpoint_every, resume=args.resume,
+             private=args.private, max_norm=args.max_norm,
+             noise_multiplier=args.noise_multiplier, delta=args.delta)
     except FlagError as e:
         parser.error(str(e))
     return 0
