@@ -146,6 +146,33 @@ def test_train_x64_keeps_manual_and_autodiff_within_1e_9(train, tmp_path):
         assert results[grad]["test_accuracy"] > 0.5  # ten classes: chance is 0.1
 
 
+@pytest.mark.parametrize("model, steps", [("cnn", 6), ("transformer", 3)])
+def test_train_nn_models_x64_lockstep(train, tmp_path, model, steps):
+    """--model cnn / transformer: jaxbp.nn models, manual and autodiff within 1e-9 in float64."""
+    results = train.main(model=model, steps=steps, batch_size=8, x64=True, out=str(tmp_path),
+                         quiet=True)
+    assert results["model"] == model and results["max_param_diff"] <= 1e-9
+    assert results["modules"][-1] == "softmax"
+    for grad in ("manual", "autodiff"):
+        assert 0.0 <= results[grad]["test_accuracy"] <= 1.0
+    if model == "transformer":
+        assert results["manual"]["chance_accuracy"] == 1 / 64
+    params = np.load(tmp_path / "params.npz")
+    assert any(name.startswith("manual_module1") for name in params.files)
+    assert_clean(tmp_path)
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--model", "rnn"], "--model"), (["--model", "cnn", "--dataset", "xor"], "--dataset"),
+    (["--model", "transformer", "--sizes", "1,2"], "--sizes"),
+    (["--model", "cnn", "--loss", "squared"], "--loss")], ids=["model", "dataset", "sizes", "loss"])
+def test_train_nn_model_bad_flags(train, tmp_path, capsys, argv, flag):
+    with pytest.raises(SystemExit) as exc:
+        train.cli(argv + ["--steps", "2", "--out", str(tmp_path / "run")])
+    assert exc.value.code == 2 and f"argument {flag}" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_train_one_grad_only(train, tmp_path):
     results = train.main(dataset="xor", grad="autodiff", steps=20, out=str(tmp_path), quiet=True)
     assert results["manual"] is None and results["max_param_diff"] is None
