@@ -333,3 +333,57 @@ def test_make_step_sequential(grad):
                                                                   X, Y)
     want = jax.tree.map(lambda p, g: p - 0.5 * g, params, jax.grad(model.loss)(params, X, Y))
     assert _tree_rel(new, want) <= RTOL
+
+
+# ------------------------------------------------------------------ train.py --private
+
+def _load_experiment(name):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"experiment_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # puts experiments/ on sys.path for its siblings
+    return module
+
+
+def test_train_private_reports_epsilon(tmp_path):
+    import json
+
+    train = _load_experiment("train")
+    import _privacy
+
+    summary = train.main(private=True, steps=4, sizes="64,16,10", batch_size=32,
+                         noise_multiplier=1.3, max_norm=0.5, quiet=True, out=str(tmp_path))
+    saved = json.loads((tmp_path / "results.json").read_text())
+    p = saved["private"]
+    assert p["sampling"] == "poisson" and p["dp_steps"] == 4 and p["noise_multiplier"] == 1.3
+    q = 32 / len(train.datasets.load("digits").y_train)
+    assert p["sampling_rate"] == pytest.approx(q)
+    eps = _privacy.epsilon(noise_multiplier=1.3, q=q, steps=4, delta=p["delta"])
+    assert saved["epsilon"] == summary["epsilon"] == pytest.approx(eps)
+    assert 0 < _privacy.epsilon(noise_multiplier=1.3, q=q, steps=2, delta=p["delta"]) < eps
+    assert 0 <= saved["manual"]["test_accuracy"] <= 1 and saved["autodiff"] is None
+
+
+def test_poisson_batches_rate_mask_and_resume():
+    _load_experiment("train")
+    import _privacy
+
+    n, q, steps = 500, 0.05, 400
+    cap = _privacy.capacity(n, q)
+    order = {"rng": np.random.default_rng(0).bit_generator.state}
+    sizes = []
+    for t, idx, mask, dropped in _privacy.poisson_batches(order, n, q, cap, 0, steps):
+        assert idx.shape == mask.shape == (cap,) and dropped == 0
+        assert len(set(idx[mask].tolist())) == int(mask.sum())  # no example twice
+        sizes.append(int(mask.sum()))
+        if t == steps // 2 - 1:
+            halfway = dict(order)
+        if t == steps // 2:
+            at_half = idx.copy()
+    mean, std = np.mean(sizes), np.sqrt(q * n * (1 - q))  # Binomial(n, q) sizes
+    assert abs(mean - q * n) <= 4 * std / np.sqrt(steps)
+    _, idx, _, _ = next(_privacy.poisson_batches(halfway, n, q, cap, steps // 2, steps))
+    assert np.array_equal(idx, at_half)  # the order state resumes the same batches
