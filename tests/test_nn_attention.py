@@ -67,7 +67,7 @@ def test_backward_matches_vjp_property(B, T, heads, head_size, causal, dtype, se
 @JIT
 @pytest.mark.parametrize("B,T,heads,head_size,causal", CASES)
 def test_key_bias_gradient_is_round_off(B, T, heads, head_size, causal, jit):
-    """Softmax is shift-invariant per row, so ∂L/∂W0_k is exactly 0; the backward gives round-off."""
+    """Softmax is shift-invariant per row, so ∂L/∂W0_k is 0 exactly; the backward gives round-off."""
     module, params, X = _setup(B, T, heads, head_size, causal, jnp.float64)
     (dparams, _), (dparams_ref, _) = backward_vs_vjp(_maybe_jit(module, jit), params, X)
     scale = max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(dparams_ref))
