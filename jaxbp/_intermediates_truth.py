@@ -175,7 +175,11 @@ def _split_pullback(arrays, constants, eps, cotangents, *, forward, static):
         loss = forward_loss(forward, args, tap)
         return loss, {n: tap.values[n] for n in e}
 
-    return jax.vjp(split, eps)[1](cotangents)[0]
+    outputs, pullback = jax.vjp(split, eps)
+    # A forward that computes some values in float32 even in the float64 run gets cotangents
+    # of that dtype.
+    cotangents = jax.tree.map(lambda c, o: c.astype(o.dtype), cotangents, outputs)
+    return pullback(cotangents)[0]
 
 
 # These programs run once or a few times: XLA's optimization level 0 halves their compile time.
