@@ -6,8 +6,6 @@ from jaxbp._explain import explain
 from jaxbp._finite_difference import finite_difference_grad
 from jaxbp._intermediates import check_intermediates, intermediates
 from jaxbp._intermediates_report import IntermediateRow, IntermediatesReport
-from jaxbp._intermediates import check_intermediates, intermediates
-from jaxbp._intermediates_report import IntermediateRow, IntermediatesReport
 from jaxbp._losses import LOSSES, Loss, get_loss
 from jaxbp._mutants import MUTANTS, Mutant
 from jaxbp._network import Dense, Network, Trace
@@ -31,8 +29,6 @@ __all__ = [
     "Factor",
     "IntermediateRow",
     "IntermediatesReport",
-    "IntermediateRow",
-    "IntermediatesReport",
     "LOSSES",
     "Loss",
     "MUTANTS",
@@ -46,7 +42,6 @@ __all__ = [
     "chain",
     "check_module",
     "check_intermediates",
-    "check_intermediates",
     "check_vjp",
     "checking",
     "contract",
@@ -56,7 +51,6 @@ __all__ = [
     "finite_difference_grad",
     "get_activation",
     "get_loss",
-    "intermediates",
     "intermediates",
     "make_step",
     "nn",
