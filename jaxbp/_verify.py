@@ -114,9 +114,10 @@ def verify(net: Network, params, X, Y, *, backprop: Optional[Callable] = None,
       True
     """
     if isinstance(net, Sequential):
-        if backprop is not None or batched or finite_differences:
-            raise TypeError("backprop, batched, finite_differences: not for a jaxbp.nn model, "
-                            "whose backward is its modules' own backward functions")
+        if backprop is not None or batched or finite_differences or (layout, reduction) != (
+                "rows", "mean"):
+            raise TypeError("backprop, batched, layout, reduction, finite_differences: not for a "
+                            "jaxbp.nn model, whose backward is its modules' own backward functions")
         return verify_model(net, params, X, Y, key=key, rtol=rtol, atol=atol)
     if key is not None:
         raise TypeError("key: only for jaxbp.nn models (random modules such as Dropout)")

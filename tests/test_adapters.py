@@ -162,3 +162,10 @@ def test_unknown_layout_or_reduction(kwargs, match):
     params, X, Y = problem()
     with pytest.raises(ValueError, match=match):
         jaxbp.verify(NET, params, X, Y, **kwargs)
+
+
+def test_layouts_are_not_for_nn_models():
+    model = jaxbp.nn.Sequential([jaxbp.nn.Linear(3)], "squared")
+    params, X, Y = problem()
+    with pytest.raises(TypeError, match="layout, reduction"):
+        jaxbp.verify(model, params, X, Y, layout="columns")
