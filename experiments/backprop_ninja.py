@@ -20,8 +20,8 @@ train, 10% are held out.
 Exit code: 0 when every intermediate is right (the net is then trained); 1 when the check finds a
 wrong one (always with ``--bug``): the report names it and nothing is trained, since wrong
 gradients would only train a wrong model; 2 on a bad flag. Writes DIR/results.json (the report,
-the settings and, after training, the losses) and DIR/check.png (each intermediate's error
-as a fraction of its budget), plus DIR/loss.png after training.
+the settings and, after training, the losses) and DIR/check.png (``report.plot()``: each
+intermediate's relative error against its budget), plus DIR/loss.png after training.
 """
 
 from __future__ import annotations
@@ -340,34 +340,11 @@ def evaluate(params, data) -> dict:
 
 # ---------------------------------------------------------------------------- outputs
 
-def plot_check(report, path: str, *, title: str) -> None:
-    """Each intermediate's max abs error as a fraction of its budget (log scale; < 1 passes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [r for r in report.rows if r.max_abs_error is not None]
-    floor = 1e-4
-    ratio = [float(np.clip(r.max_abs_error / r.budget_abs if r.budget_abs > 0 else np.inf,
-                           floor, 1e6)) for r in rows]
-    fig, ax = plt.subplots(figsize=(10, 4))
-    x = np.arange(len(rows))
-    ax.bar(x, ratio, bottom=floor, color=["C2" if r.ok else "C3" for r in rows])
-    ax.axhline(1.0, color="k", lw=1, ls="--", label="budget")
-    ax.set_xticks(x, [r.name for r in rows], rotation=70, fontsize=8)
-    ax.set(yscale="log", ylabel="max |yours − truth| / budget", title=title)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def write_outputs(report, run, summary, staging: str) -> list[str]:
     names = ["results.json", "check.png"]
     with open(os.path.join(staging, "results.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    plot_check(report, os.path.join(staging, "check.png"), title=summary["title"])
+    report.plot(title=summary["title"]).savefig(os.path.join(staging, "check.png"), dpi=110)
     if run is not None:
         import _plots as plots
 
