@@ -7,6 +7,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from jaxbp.nn._conv import conv_shapes, pair, show
@@ -182,7 +183,8 @@ def _avg_pool(window, stride) -> Module:
     def forward(params, X, key):
         del params, key
         layout.out_hw(X)  # shape checks
-        total = lax.reduce_window(X, jnp.zeros((), X.dtype), lax.add, (1,) + window + (1,),
+        # a NumPy 0 (concrete under jit) makes this XLA's windowed sum, which autodiff knows
+        total = lax.reduce_window(X, np.zeros((), X.dtype), lax.add, (1,) + window + (1,),
                                   (1,) + stride + (1,), "VALID")
         return total * jnp.asarray(1.0 / size, X.dtype), X
 
