@@ -153,3 +153,24 @@ def test_user_backward_with_the_wrong_shape_is_named():
     params = model.init(jax.random.key(0), (4,))
     with pytest.raises(ValueError, match=r"module 1 \(mine\).*dX of shape"):
         model.value_and_grad(params, jnp.ones((2, 4)), jnp.zeros((2, 2)))
+
+
+@given(channels=st.integers(1, 3), kernel=st.integers(1, 3), stride=st.integers(1, 2),
+       padding=st.sampled_from(["SAME", "VALID"]), pool=st.sampled_from(["max", "avg"]),
+       seed=st.integers(0, 2**16))
+def test_cnn_matches_jax_grad(channels, kernel, stride, padding, pool, seed):
+    model = nn.Sequential([
+        nn.Conv2D(channels, kernel, stride=stride, padding=padding), nn.Activation("relu"),
+        nn.MaxPool2D(2) if pool == "max" else nn.AvgPool2D(2, stride=1), nn.Flatten(),
+        nn.Linear(3), nn.Activation("softmax")], "nll")
+    params = model.init(jax.random.key(seed), (7, 7, 2), dtype=jnp.float64)
+    X = jax.random.normal(jax.random.key(seed + 1), (3, 7, 7, 2), jnp.float64)
+    _assert_grads_match(model, params, X, _targets("nll", (3, 3), seed))
+
+
+def test_ready_models_shapes():
+    assert nn.digits_cnn().init(jax.random.key(0), (8, 8, 1))[-2].W.shape == (32 * 16, 10)
+    block = nn.transformer_block(11, 8, 2, hidden=16)
+    params = block.init(jax.random.key(0), (5,))
+    assert params[0].W.shape == (11, 8) and params[2][1].W.shape == (8, 16)
+    assert nn.mlp((4, 6, 3)).init(jax.random.key(0), (4,))[0].W.shape == (4, 6)
