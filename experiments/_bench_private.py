@@ -6,7 +6,9 @@ temporary memory of each compiled program beside:
   * jaxbp: ``model.clipped_grad`` (one forward, one backward with per-example hooks);
   * reference: ``jax_privacy.clipping.clipped_grad`` of ``model.loss`` on one example
     (``vmap`` of ``jax.grad``, clip, sum, divided by B): the same numbers;
-  * nonprivate: the manual, non-private ``model.value_and_grad``.
+  * nonprivate: the manual, non-private ``model.value_and_grad``;
+  * vmap: ``vmap(jax.grad)`` + clip + mean written out (``vmap_clipped_grad``), the
+    computation jax_privacy wraps (its own checks and casts cost it more).
 
 Two ratios per model: t_clipped / t_nonprivate (the price of privacy) and the
 speedup t_jax_privacy / t_clipped. Where ``jax_privacy`` cannot be imported the
@@ -59,20 +61,26 @@ TINY_CASES = (PrivateCase("mlp", 4, _tiny_mlp, 1.1, 100.0),
               PrivateCase("transformer", 2, _tiny_transformer, 1.25, 2.0))
 
 
+def vmap_clipped_grad(model, max_norm: float, batch: int):
+    """vmap(jax.grad) of one example's ``model.loss``, then clip and mean: what jax_privacy does."""
+    def one(params, x, y):
+        return model.loss(params, x[None], y[None])
+
+    def fn(params, X, Y):
+        g = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, X, Y)  # (B, ...) per leaf
+        sq = sum(jnp.sum(leaf.reshape(batch, -1) ** 2, axis=1) for leaf in jax.tree.leaves(g))
+        scale = max_norm / jnp.maximum(jnp.sqrt(sq), max_norm)
+        return jax.tree.map(lambda leaf: jnp.tensordot(scale, leaf, axes=1) / batch, g)
+    return fn
+
+
 def peer_clipped_grad(model, max_norm: float, batch: int):
-    """(fn(params, X, Y) -> clipped mean, its name): jax_privacy's, or vmap(grad) + clip."""
+    """(fn(params, X, Y) -> clipped mean, its name): jax_privacy's, or ``vmap_clipped_grad``."""
     try:
         from jax_privacy.clipping import clipped_grad
     except ImportError:
-        def one(params, x, y):
-            return model.loss(params, x[None], y[None])
-
-        def fn(params, X, Y):
-            g = jax.vmap(jax.grad(one), in_axes=(None, 0, 0))(params, X, Y)
-            sq = sum(jnp.sum(leaf.reshape(batch, -1) ** 2, axis=1) for leaf in jax.tree.leaves(g))
-            scale = max_norm / jnp.maximum(jnp.sqrt(sq), max_norm)
-            return jax.tree.map(lambda leaf: jnp.tensordot(scale, leaf, axes=1) / batch, g)
-        return fn, "vmap(grad)+clip (jax_privacy not importable)"
+        return (vmap_clipped_grad(model, max_norm, batch),
+                "vmap(grad)+clip (jax_privacy not importable)")
     # fun(params, X, Y) gets each example with a batch axis of 1: model.loss as it is.
     fn = clipped_grad(model.loss, l2_clip_norm=max_norm, batch_argnums=(1, 2),
                       normalize_by=batch)
@@ -93,8 +101,11 @@ def run_private(cases, dtype, *, repeats, min_sample_s, max_s, seed=0) -> list:
         def nonprivate(p, x, y, model=model):
             return model.value_and_grad(p, x, y)
 
-        r = compare(clipped, peer, (params, X, Y), extra={"nonprivate": (nonprivate, (params, X, Y))},
-                    repeats=repeats, min_sample_s=min_sample_s, max_s=max_s)
+        extra = {"nonprivate": (nonprivate, (params, X, Y))}
+        if peer_name.startswith("jax_privacy"):  # also the bare computation it wraps
+            extra["vmap"] = (vmap_clipped_grad(model, max_norm, case.batch), (params, X, Y))
+        r = compare(clipped, peer, (params, X, Y), extra=extra, repeats=repeats,
+                    min_sample_s=min_sample_s, max_s=max_s)
         ratio = r["jaxbp_s"] / r["nonprivate_s"]
         rows.append({"case": case.name, "model": repr(model), "dtype": jnp.dtype(dtype).name,
                      "task": "private_clip", "B": case.batch, "reference": peer_name,
@@ -112,7 +123,10 @@ def table_lines(row) -> list[tuple]:
     """The row's lines for benchmark.table_lines (case .. compile s): speedup, ratio, memory."""
     yes = {True: "yes", False: "NO"}
     mb = {k: (row[f"temp_bytes_{k}"] or 0) / 1e6 for k in ("jaxbp", "reference", "nonprivate")}
-    return [
+    vmap = [("", "", "", "  clipped vs vmap(grad)", f"{1e3 * row['jaxbp_s']:.3f} ms",
+             f"{1e3 * row['vmap_s']:.3f} ms", f"{row['vmap_s'] / row['jaxbp_s']:.2f}x", "", "",
+             f"{row['compile_vmap_s']:.2f}")] if "vmap_s" in row else []
+    return vmap + [
         ("", "", "", "  clip / non-private", f"{1e3 * row['jaxbp_s']:.3f} ms",
          f"{1e3 * row['nonprivate_s']:.3f} ms", f"{row['ratio_nonprivate']:.2f}x",
          f"<={row['ratio_target']:.2f}x", yes[row["ratio_met"]],
