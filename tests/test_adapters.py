@@ -51,6 +51,23 @@ def test_homework_wrong_tanh_backward_is_named(batched):
     assert row.max_rel_error > 1e-2 and np.max(np.abs(truth[1].W0)) > 0
 
 
+def test_homework_relu_network_passes():
+    net = jaxbp.Network(sizes=(3, 4, 4, 3), activations=("relu", "tanh", "softmax"), loss="nll")
+    params, X, Y = random_problem(net, 3, B, jnp.float32)
+    modules = [hw.Linear(3, 4), hw.ReLU(), hw.Linear(4, 4), hw.Tanh(), hw.Linear(4, 3),
+               hw.SoftMax()]
+    backprop = jaxbp.adapters.module_backprop(modules, hw.NLL())
+    report = jaxbp.verify(net, params, X, Y, backprop=backprop, layout="columns", batched=True,
+                          reduction="sum")
+    assert report.ok, str(report)
+    # and relu's derivative taken as 1 everywhere (the mask forgotten) is named
+    modules[1].backward = lambda dLdA: dLdA
+    report = jaxbp.verify(net, params, X, Y, backprop=backprop, layout="columns", batched=True,
+                          reduction="sum")
+    assert (report.ok, report.first_bad_layer, report.suspect) == (False, 1, "activation"), \
+        str(report)
+
+
 def test_module_backprop_reads_the_homework_gradients():
     params, X, Y = problem(jnp.float64)
     backprop = jaxbp.adapters.module_backprop(homework_modules(), hw.NLL())
