@@ -109,7 +109,7 @@ def test_one_device_mesh_gives_the_unsharded_numbers():
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(grad="finite"), ValueError, "grad: expected one of 'manual', 'autodiff', got 'finite'"),
     (dict(optimizer=optax.adam), TypeError, "optimizer: expected an optax.GradientTransformation"),
-    (dict(net="tanh"), TypeError, "net: expected a jaxbp.Network, got str"),
+    (dict(net="tanh"), TypeError, "net: expected a jaxbp.Network or jaxbp.nn.Sequential, got str"),
     (dict(mesh="cpu"), TypeError, "mesh: expected a one-axis jax.sharding.Mesh named 'batch'"),
 ], ids=["grad", "optimizer", "net", "mesh"])
 def test_make_step_rejects_bad_arguments(kwargs, error, match):
