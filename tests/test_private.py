@@ -382,3 +382,20 @@ def test_poisson_batches_rate_mask_and_resume():
     assert abs(mean - q * n) <= 4 * std / np.sqrt(steps)
     _, idx, _, _ = next(_privacy.poisson_batches(halfway, n, q, cap, steps // 2, steps))
     assert np.array_equal(idx, at_half)  # the order state resumes the same batches
+
+
+def test_benchmark_peers_compute_the_clipped_grad():
+    # The benchmark times equivalent computations: jax_privacy's clipped_grad and the bare
+    # vmap(grad)+clip give model.clipped_grad's numbers (tiny models, float64).
+    _load_experiment("benchmark")  # puts experiments/ on sys.path
+    import _bench_private as bench
+
+    case = bench.TINY_CASES[0]  # the MLP: compiles fastest; the peers do not depend on it
+    model, params, X, Y = case.make(case.batch, jnp.float64, jax.random.key(0))
+    C = float(jnp.median(model.per_example_grad_norms(params, X, Y)))
+    ours = model.clipped_grad(params, X, Y, C)
+    peer, name = bench.peer_clipped_grad(model, C, case.batch)
+    assert name == "jax_privacy.clipping.clipped_grad"  # in the test extra
+    assert _tree_rel(jax.jit(peer)(params, X, Y), ours) <= RTOL
+    assert _tree_rel(jax.jit(bench.vmap_clipped_grad(model, C, case.batch))(params, X, Y),
+                     ours) <= RTOL
