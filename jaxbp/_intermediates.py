@@ -47,7 +47,7 @@ import numpy as np
 
 from jaxbp._checks import is_concrete
 from jaxbp._intermediates_report import IntermediateRow, IntermediatesReport
-from jaxbp._intermediates_truth import Tap, Truth, forward_loss, observed_roundoff
+from jaxbp._intermediates_truth import Tap, Truth, discover, forward_loss, observed_roundoff
 from jaxbp._tolerances import ROUNDOFF_FLOOR, roundoff_budget
 from jaxbp._verify import _check_tolerance, _max_abs
 
@@ -216,8 +216,10 @@ def check_intermediates(forward: Callable, args, grads: Mapping, *, rtol: Option
     args = _check_args(args)
     rtol, atol = _check_tolerance("rtol", rtol), _check_tolerance("atol", atol)
     with jax.enable_x64(True):
-        truth = Truth(forward, _cast(args, jnp.float64))
-    user = _user_grads(grads, truth.shapes)
+        args64 = _cast(args, jnp.float64)
+        shapes = discover(forward, args64)
+        user = _user_grads(grads, shapes)  # before anything compiles
+        truth = Truth(forward, args64, shapes)
     explicit = rtol is not None or atol is not None
     observed = {}
     if not explicit:

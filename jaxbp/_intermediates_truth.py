@@ -207,28 +207,38 @@ def observed_roundoff(forward, args_d, truth: "Truth", dtype) -> dict:
 
 # ------------------------------------------------------------------- the truth
 
+def discover(forward, args) -> dict:
+    """{name: shape} of every tap, in tap order, from an abstract run (compiles nothing).
+
+    Raises the tap's and forward_loss's errors (a name tapped twice, a loss that is not a
+    scalar), and a ValueError when nothing was tapped.
+    """
+    order = {}
+
+    def abstract(a):
+        tap = Tap()
+        loss = forward_loss(forward, a, tap)
+        order.update((n, tuple(v.shape)) for n, v in tap.values.items())
+        return loss
+
+    jax.eval_shape(lambda: abstract(args))  # args closed over: Python numbers stay numbers
+    if not order:
+        raise ValueError("forward never called tap: mark each value to check with "
+                         "v = tap('v', v)")
+    return order
+
+
 class Truth:
     """The float64 loss, values, gradients, consumers and path contributions.
 
     Call inside ``jax.enable_x64(True)`` with float64 args.
     """
 
-    def __init__(self, forward, args64):
+    def __init__(self, forward, args64, shapes: dict):
+        """``shapes``: ``discover(forward, args64)``, {name: shape} in tap order."""
         self.forward, self.args = forward, args64
-        order = {}  # name: shape, in tap order (a dict out of jit comes back sorted by key)
-
-        def discover(a):
-            tap = Tap()
-            loss = forward_loss(forward, a, tap)
-            order.update((n, v.shape) for n, v in tap.values.items())
-            return loss
-
-        jax.eval_shape(discover, args64)  # names, order, shapes; validates; compiles nothing
-        self.names = names = list(order)
-        if not names:
-            raise ValueError("forward never called tap: mark each value to check with "
-                             "v = tap('v', v)")
-        self.shapes = {n: tuple(order[n]) for n in names}
+        self.names = names = list(shapes)
+        self.shapes = dict(shapes)
         self._zeros = {n: np.zeros(self.shapes[n], np.float64) for n in names}
         self._dependencies()  # (ValueError on an unused tap before anything compiles)
         loss, values, grads = run(_grads, forward, args64, self._zeros)
