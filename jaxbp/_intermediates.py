@@ -52,7 +52,7 @@ from jaxbp._tolerances import ROUNDOFF_FLOOR, roundoff_budget
 from jaxbp._verify import _check_tolerance, _max_abs
 
 MAX_DEPTH = 24  # the floor stops growing here: 2e-6 × 25 = 5e-5 ≪ 1e-3 in float32
-MAX_SUBSETS_PATHS = 10  # up to this many paths every subset is tried, beyond: one at a time
+MAX_SUBSETS_PATHS = 10  # every subset up to here; beyond, 1 or 2 paths, or all but 1 or 2
 
 
 # ---------------------------------------------------------------- validation
@@ -331,9 +331,9 @@ def _missing_path(got, want, paths, tol):
     k = len(paths)
     if k <= MAX_SUBSETS_PATHS:
         subsets = [s for r in range(1, k + 1) for s in itertools.combinations(range(k), r)]
-    else:  # one path missing, or all but one
-        subsets = [(i,) for i in range(k)] + [tuple(j for j in range(k) if j != i)
-                                               for i in range(k)]
+    else:  # one or two paths missing, or all but one or two
+        small = [s for r in (1, 2) for s in itertools.combinations(range(k), r)]
+        subsets = small + [tuple(j for j in range(k) if j not in s) for s in small]
     best, best_key = None, (float("inf"), float("inf"))
     for s in subsets:
         misfit = _max_abs(got - (want - sum(paths[i][1] for i in s)))

@@ -331,3 +331,30 @@ def test_numpy_grads_and_python_number_args():
     assert jaxbp.check_intermediates(scaled, (x, 0.5), {"x": np.asarray(x)}).ok
     report = jaxbp.check_intermediates(scaled, (x, 0.5), {"x": 2 * x})
     assert report.suspect == "scale" and report.scale == pytest.approx(2.0)
+
+
+def test_python_int_args_stay_static():
+    def reshaped(x, k, *, tap):
+        y = tap("y", tap("x", x).reshape(k, -1))
+        return jnp.sum(jnp.tanh(y) ** 2)
+    x = np.linspace(-1.0, 1.0, 6)
+    y = np.tanh(x.reshape(2, 3))
+    dy = 2 * y * (1 - y ** 2)
+    assert jaxbp.check_intermediates(reshaped, (x, 2), {"y": dy, "x": dy.reshape(-1)}).ok
+
+
+def fan_out(x, *, tap):
+    x = tap("x", x)
+    return sum(jnp.sum(jnp.sin(tap(f"y{i}", x * (i + 1)))) for i in range(12))
+
+
+@pytest.mark.parametrize("forgotten", [(3,), (0, 11), (0, 1, 2, 4, 5, 6, 7, 8, 9, 10)],
+                         ids=["one", "two", "all-but-two"])
+def test_missing_path_among_many_consumers(forgotten):
+    x = jnp.linspace(-1.0, 1.0, 4)
+    dy = {f"y{i}": jnp.cos(x * (i + 1)) for i in range(12)}
+    dx = sum((i + 1) * dy[f"y{i}"] for i in range(12) if i not in forgotten)
+    report = jaxbp.check_intermediates(fan_out, (x,), dict(dy, x=dx))
+    assert (report.first_bad, report.suspect) == ("x", "missing path")
+    assert len(report.consumers) == 12  # beyond 10 paths: subsets of 1 or 2, or complements
+    assert report.missing == tuple(f"y{i}" for i in forgotten)
