@@ -1,7 +1,7 @@
 """check_intermediates and intermediates: the backprop-ninja exercise's mistakes, named.
 
 The network, its tapped forward and its hand-written backward are those of
-experiments/backprop_ninja.py (loaded from there: one copy of the formulas).
+experiments/backprop_ninja.py (loaded from experiments/_makemore.py: one copy of the formulas).
 """
 
 import importlib.util
@@ -20,7 +20,7 @@ import jaxbp
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _spec = importlib.util.spec_from_file_location(
-    "backprop_ninja_for_tests", os.path.join(ROOT, "experiments", "backprop_ninja.py"))
+    "makemore_for_tests", os.path.join(ROOT, "experiments", "_makemore.py"))
 ninja = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(ninja)
 
