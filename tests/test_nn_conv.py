@@ -1,7 +1,5 @@
 """Conv2D, MaxPool2D, AvgPool2D, Flatten: hand-written backward vs jax.vjp of the forward."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np

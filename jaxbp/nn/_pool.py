@@ -122,6 +122,14 @@ def MaxPool2D(window, stride=None) -> Module:
 
     Returns:
       A ``Module`` with no params.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxbp import nn
+      >>> pool = nn.MaxPool2D(2)
+      >>> Y, residuals = pool.forward((), jnp.ones((1, 2, 2, 1)), None)  # a four-way tie
+      >>> pool.backward((), residuals, jnp.ones_like(Y))[1][0, :, :, 0].tolist()
+      [[1.0, 0.0], [0.0, 0.0]]
     """
     window, stride = _settings("MaxPool2D", window, stride)
     return _max_pool(window, stride)
@@ -169,6 +177,12 @@ def AvgPool2D(window, stride=None) -> Module:
 
     Returns:
       A ``Module`` with no params.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxbp import nn
+      >>> nn.AvgPool2D(3, stride=2).init(None, (7, 6, 4), jnp.float32)
+      ((), (3, 2, 4))
     """
     window, stride = _settings("AvgPool2D", window, stride)
     return _avg_pool(window, stride)

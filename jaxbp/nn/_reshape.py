@@ -19,6 +19,12 @@ def Flatten() -> Module:
 
     Returns:
       A ``Module`` with no params.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxbp import nn
+      >>> nn.Flatten().forward((), jnp.ones((2, 4, 4, 3)), None)[0].shape
+      (2, 48)
     """
     name = "Flatten()"
 
