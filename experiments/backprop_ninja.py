@@ -41,9 +41,10 @@ import optax
 import jaxbp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # siblings, also when imported
-from _common import FlagError, Parser, allowed, backend_line, check_writable, publish  # noqa: E402,I001
-from _makemore import (BUGS, EMBEDDING, HIDDEN, VOCAB, backward, dataset, forward,  # noqa: E402
-                       init, loss_fn, manual_value_and_grad)
+from _common import (FlagError, Parser, allowed, backend_line, check_writable,  # noqa: E402,I001
+                     publish)
+from _makemore import (BUGS, EMBEDDING, HIDDEN, VOCAB, backward,  # noqa: E402
+                       dataset, forward, init, loss_fn, manual_value_and_grad)
 from _names import NAMES  # noqa: E402
 
 # ---------------------------------------------------------------- knobs (= CLI defaults)

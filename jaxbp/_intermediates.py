@@ -49,7 +49,7 @@ from jaxbp._checks import is_concrete
 from jaxbp._intermediates_report import IntermediateRow, IntermediatesReport
 from jaxbp._intermediates_truth import Tap, Truth, discover, forward_loss, observed_roundoff
 from jaxbp._tolerances import ROUNDOFF_FLOOR, roundoff_budget
-from jaxbp._verify import _check_tolerance, _max_abs
+from jaxbp._compare import check_tolerance as _check_tolerance, max_abs as _max_abs
 
 MAX_DEPTH = 24  # the floor stops growing here: 2e-6 × 25 = 5e-5 ≪ 1e-3 in float32
 MAX_SUBSETS_PATHS = 10  # every subset up to here; beyond, 1 or 2 paths, or all but 1 or 2

@@ -26,7 +26,7 @@ import numpy as np
 from jax.extend.core import Literal
 
 from jaxbp._intermediates_report import LOSS_PATH
-from jaxbp._verify import _max_abs
+from jaxbp._compare import max_abs as _max_abs
 
 # ------------------------------------------------------------------- the taps
 
@@ -247,8 +247,8 @@ class Truth:
         self.truth = {n: np.asarray(grads[n]) for n in names}
         bad = [n for n in names if not np.all(np.isfinite(self.truth[n]))]
         if bad:
-            raise ValueError(f"the float64 truth ∂loss/∂{bad[0]} (jax.grad of forward) has NaN or "
-                             f"inf on these inputs; nothing can be checked against it")
+            raise ValueError(f"the float64 truth ∂loss/∂{bad[0]} (jax.grad of forward) has NaN "
+                             f"or inf on these inputs; nothing can be checked against it")
         self.depth = {}
         for n in reversed(names):
             self.depth[n] = 1 + max((self.depth[c] for c in self.consumers[n]), default=0)
@@ -280,7 +280,8 @@ class Truth:
                              f"computed from")
 
     def pull(self, loss_cotangent, cotangents: dict) -> dict:
-        """The split run's VJP: {u: Σ_c (∂c/∂u)ᵀ cotangent_c + loss_cotangent ∂loss/∂u directly}."""
+        """The split run's VJP: {u: Σ_c (∂c/∂u)ᵀ cotangent_c + loss_cotangent × ∂loss/∂u
+        directly}."""
         cts = {n: np.asarray(cotangents[n], np.float64) if n in cotangents else self._zeros[n]
                for n in self.names}
         with jax.enable_x64(True):

@@ -300,7 +300,8 @@ X3 = jnp.arange(3.0)
 @pytest.mark.parametrize("forward,args,grads,kwargs,exc,pattern", [
     (fwd_ok, (X3,), {"y": X3}, {}, ValueError, r"grads: 'y' never tapped; the forward tapped: x"),
     (fwd_twice, (X3,), {}, {}, ValueError, r"'x' was tapped twice"),
-    (fwd_vector, (X3,), {}, {}, ValueError, r"expected a scalar loss \(shape \(\)\), got shape \(3,\)"),
+    (fwd_vector, (X3,), {}, {}, ValueError,
+     r"expected a scalar loss \(shape \(\)\), got shape \(3,\)"),
     (fwd_unused, (X3,), {}, {}, ValueError, r"tap\('h', \.\.\.\): the loss does not depend on"),
     (fwd_no_taps, (X3,), {}, {}, ValueError, r"forward never called tap"),
     (fwd_without_tap, (X3,), {}, {}, TypeError, r"has no parameter named tap"),
