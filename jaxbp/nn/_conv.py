@@ -206,11 +206,15 @@ def _conv2d(out_channels: int, kernel: tuple[int, int], stride: tuple[int, int],
 
     def sq_norms(params, X, dZ):
         # Example b's kernel gradient is P_bᵀ G_b over its T = oh·ow windows, P_b (T, kh·kw·C)
-        # the unfolded patches (their order inside a row does not change any norm).
-        pads = pads_of(X, params.W)
-        P = lax.conv_general_dilated_patches(X, kernel, stride, [(lo, hi) for _, lo, hi in pads],
-                                             dimension_numbers=_NHWC)  # (B, oh, ow, C·kh·kw)
-        B = X.shape[0]
+        # the unfolded patches (their order inside a row does not change any norm). Strided
+        # slices of X_pad, one per kernel offset, only move data (lax's patches op is an
+        # identity-kernel convolution: kh·kw·C times the multiplies).
+        (oh, lo_h, hi_h), (ow, lo_w, hi_w) = pads_of(X, params.W)
+        X_pad = jnp.pad(X, ((0, 0), (lo_h, hi_h), (lo_w, hi_w), (0, 0)))
+        (sh, sw), B = stride, X.shape[0]
+        P = jnp.concatenate([X_pad[:, p:p + (oh - 1) * sh + 1:sh, q:q + (ow - 1) * sw + 1:sw]
+                             for p in range(kernel[0]) for q in range(kernel[1])],
+                            axis=-1)  # (B, oh, ow, kh·kw·C)
         G = dZ.reshape(B, -1, dZ.shape[-1])  # (B, T, O)
         return outer_sq_norms(P.reshape(B, G.shape[1], -1), G) + row_sq_norms(jnp.sum(G, axis=1))
 
