@@ -317,6 +317,9 @@ def _judge(truth: Truth, user, rows, notes, explicit) -> IntermediatesReport:
         return IntermediatesReport(ok=False, suspect="missing path", missing=missing,
                                    evidence=evidence, notes=tuple(notes), **base)
     if c is not None and scale_misfit <= tol and abs(c - 1) > 1e-6:
+        if np.count_nonzero(want) == 1:
+            notes.insert(0, f"d{u} has one nonzero entry, so any error in it is a constant "
+                            f"multiple: 'scale' cannot be told from 'local derivative' here")
         return IntermediatesReport(ok=False, suspect="scale", scale=c, evidence=evidence,
                                    notes=tuple(notes), **base)
     return IntermediatesReport(ok=False, suspect="local derivative", evidence=evidence,

@@ -359,3 +359,16 @@ def test_missing_path_among_many_consumers(forgotten):
     assert (report.first_bad, report.suspect) == ("x", "missing path")
     assert len(report.consumers) == 12  # beyond 10 paths: subsets of 1 or 2, or complements
     assert report.missing == tuple(f"y{i}" for i in forgotten)
+
+
+def test_scalar_values_and_a_tapped_loss():
+    def scalar(x, *, tap):
+        s = tap("s", jnp.sum(tap("x", x) ** 2))
+        return tap("loss", 3.0 * s)
+    x = jnp.arange(3.0)
+    right = {"loss": jnp.ones(()), "s": 3.0 * jnp.ones(()), "x": 6 * x}
+    assert jaxbp.check_intermediates(scalar, (x,), right).ok
+    report = jaxbp.check_intermediates(scalar, (x,), {"s": jnp.ones(())})
+    assert (report.first_bad, report.suspect) == ("s", "scale")
+    assert report.scale == pytest.approx(1 / 3) and report.row("s").worst_index == ()
+    assert "cannot be told from 'local derivative'" in report.notes[0]
