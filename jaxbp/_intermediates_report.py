@@ -24,6 +24,7 @@ import json
 from fractions import Fraction
 from typing import Optional
 
+from jaxbp import _report_view
 from jaxbp._report import _fmt, _jsonable
 
 STATUSES = ("ok", "wrong", "shape", "nonfinite", "not given")
@@ -65,7 +66,7 @@ class IntermediateRow:
 
 
 @dataclasses.dataclass(frozen=True)
-class IntermediatesReport:
+class IntermediatesReport(_report_view.Viewable):
     """What ``check_intermediates`` found.
 
     Attributes:
@@ -149,8 +150,6 @@ class IntermediatesReport:
 
     def _view(self):
         """The report in the views' row protocol (``jaxbp._report_view``)."""
-        from jaxbp import _report_view
-
         rows = tuple(_report_view.ViewRow(
             label=r.name, max_rel_error=r.max_rel_error, budget=r.budget, ok=r.ok,
             status=(f"SHAPE {r.given_shape}" if r.status == "shape"
@@ -161,24 +160,7 @@ class IntermediatesReport:
         verdict, details = _report_view.verdict_and_details(str(self), len(rows))
         return _report_view.View(self.ok, verdict, details, rows)
 
-    def _repr_html_(self) -> str:
-        """Jupyter's view: the verdict, then the table with rows coloured by status."""
-        from jaxbp import _report_view
 
-        return _report_view.html_table(self._view())
-
-    def plot(self, *, title: Optional[str] = None):
-        """Relative error per tapped value against its budget, log scale, first bad marked.
-
-        Args:
-          title: the axes' title (default: the verdict).
-
-        Returns:
-          A ``matplotlib.figure.Figure`` (built without pyplot). Needs matplotlib.
-        """
-        from jaxbp import _report_view
-
-        return _report_view.plot(self._view(), title=title)
 
     def __str__(self) -> str:
         what = "jaxbp.check_intermediates"

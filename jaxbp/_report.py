@@ -18,6 +18,8 @@ import json
 import math
 from typing import Any, Optional
 
+from jaxbp import _report_view
+
 SUSPECTS = ("loss", "activation", "link", "weight", "bias", "batch", "nonfinite", "backward",
             "input", "param")
 
@@ -83,7 +85,7 @@ class Row:
 
 
 @dataclasses.dataclass(frozen=True)
-class Report:
+class Report(_report_view.Viewable):
     """What ``verify`` (or ``check_vjp``) found.
 
     Attributes:
@@ -162,8 +164,6 @@ class Report:
 
     def _view(self):
         """The report in the views' row protocol (``jaxbp._report_view``)."""
-        from jaxbp import _report_view
-
         unit = "module" if self.mode in ("model", "module") else "layer"
         rows = tuple(_report_view.ViewRow(
             label=(r.parameter if r.layer is None else f"{unit} {r.layer} {r.parameter}"),
@@ -176,25 +176,7 @@ class Report:
         verdict, details = _report_view.verdict_and_details(str(self), len(rows))
         return _report_view.View(self.ok, verdict, details, rows)
 
-    def _repr_html_(self) -> str:
-        """Jupyter's view: the verdict, then the table with rows coloured by status."""
-        from jaxbp import _report_view
 
-        return _report_view.html_table(self._view())
-
-    def plot(self, *, title: Optional[str] = None):
-        """Relative error per row against its budget, log scale, first bad row marked.
-
-        Args:
-          title: the axes' title (default: the verdict).
-
-        Returns:
-          A ``matplotlib.figure.Figure`` (built without pyplot; display it in
-          a notebook or call ``fig.savefig(path)``). Needs matplotlib.
-        """
-        from jaxbp import _report_view
-
-        return _report_view.plot(self._view(), title=title)
 
     def __str__(self) -> str:
         lines = []

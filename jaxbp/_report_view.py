@@ -225,3 +225,26 @@ def page(view: View, *, title: str = "jaxbp report") -> str:
         f"<title>{html.escape(title)}</title>", "</head>",
         '<body style="font-family:sans-serif">', f"<h1>{html.escape(title)}</h1>",
         html_table(view), figure, "</body>", "</html>", ""])
+
+
+class Viewable:
+    """Mixin: ``_repr_html_`` and ``plot`` for a report class that defines ``_view()``."""
+
+    def _view(self) -> "View":
+        raise NotImplementedError
+
+    def _repr_html_(self) -> str:
+        """Jupyter's view: the verdict, then the table with rows coloured by status."""
+        return html_table(self._view())
+
+    def plot(self, *, title: Optional[str] = None):
+        """Relative error per row against its budget, log scale, the first bad row marked.
+
+        Args:
+          title: the axes' title (default: the verdict).
+
+        Returns:
+          A ``matplotlib.figure.Figure`` (built without pyplot; display it in a
+          notebook or call ``fig.savefig(path)``). Needs matplotlib.
+        """
+        return plot(self._view(), title=title)

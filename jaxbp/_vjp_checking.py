@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp import _report_view
 from jaxbp._tolerances import ROUNDOFF_FLOOR, roundoff_budget
 
 KEEP = 8  # flagged calls kept per layer for the exact decision after the block
@@ -107,7 +108,7 @@ class LayerRecord:
         return self.first_failure is None
 
 
-class CheckLog:
+class CheckLog(_report_view.Viewable):
     """What a ``jaxbp.checking()`` block saw; complete when the block ends.
 
     Attributes:
@@ -140,8 +141,6 @@ class CheckLog:
 
     def _view(self):
         """The log in the views' row protocol (``jaxbp._report_view``): a row per layer."""
-        from jaxbp import _report_view
-
         rows = tuple(_report_view.ViewRow(
             label=r.name, max_rel_error=r.max_error,
             budget=None if r.ok else r.first_failure.budget, ok=r.ok,
@@ -162,24 +161,7 @@ class CheckLog:
         bad = None if self.ok else names.index(self.first_bad)  # first to fail, in call order
         return _report_view.View(self.ok, verdict, details, rows, bad)
 
-    def _repr_html_(self) -> str:
-        """Jupyter's view: the verdict, then a row per layer coloured by status."""
-        from jaxbp import _report_view
 
-        return _report_view.html_table(self._view())
-
-    def plot(self, *, title: Optional[str] = None):
-        """Each layer's largest relative error (log scale), the first bad layer marked.
-
-        Args:
-          title: the axes' title (default: the verdict).
-
-        Returns:
-          A ``matplotlib.figure.Figure`` (built without pyplot). Needs matplotlib.
-        """
-        from jaxbp import _report_view
-
-        return _report_view.plot(self._view(), title=title)
 
     # -- host side, from the callback
     def _record(self, name, forward, primals, dy, yours, ref):
