@@ -35,8 +35,13 @@ class Module(NamedTuple):
       forward: ``(params, X, key) -> (Y, residuals)``; X has a leading batch axis.
       backward: ``(params, residuals, dY) -> (dparams, dX)``, written by hand;
         dparams is shaped like params, dX like X (None for integer X).
-      per_example: optional, for private (DP) gradients: see ``jaxbp.nn`` docs.
-        None for modules without parameters or that do not support it.
+      per_example: optional, for private (DP) gradients: ``(params, residuals, dY) ->
+        jaxbp.nn.PerExample(dX, sq_norms, weighted_sum)``, the private form of backward,
+        where row b of dY is the cotangent of example b's own loss: dX as backward's,
+        sq_norms (B,) = ‖∂ℓ_b/∂params‖², and weighted_sum(c) = Σ_b c_b ∂ℓ_b/∂params
+        (shaped like params). ``jaxbp.nn.hook_from_backward(backward, sq_norms)`` builds
+        one. None: the module contributes 0 if it has no parameters, else the private
+        methods refuse it (see ``jaxbp.nn._per_example``).
 
     Example:
       >>> import jax.numpy as jnp
