@@ -43,6 +43,8 @@ def check_json_has_every_case_and_task(result):
     got = [(r["case"], r["dtype"], r["task"]) for r in result["rows"]]
     want = [("small", "float32", t) for t in TASKS]
     want += [("large", "float32", t) for t in TASKS[:1] + ["gflops_vs_dot"] + TASKS[1:]]
+    want += [(name, "float32", "model_grad") for name in ("cnn", "transformer")]  # jaxbp.nn
+    want += [(name, "float32", "private_clip") for name in ("mlp", "cnn", "transformer")]
     assert got == want
     assert 0 < result["peak_rss_gb"] < 4
 
@@ -59,7 +61,14 @@ def check_rows_are_consistent(result):
         assert lo <= mid <= hi
         assert len(row["samples"]["jaxbp"]) == len(row["samples"]["reference"]) == row["repeats"]
         assert row["compile_jaxbp_s"] > 0 and row["compile_reference_s"] > 0
-        if row["target"] is not None:
+        if row["task"] == "model_grad":  # time ratio and XLA temp memory both count
+            assert row["ratio"] == pytest.approx(1 / row["speedup"])
+            assert row["met"] == (row["speedup"] >= row["target"] and row["memory_met"])
+        elif row["task"] == "private_clip":  # speedup over jax_privacy and clip / non-private
+            assert row["speedup_met"] == (row["speedup"] >= row["target"])
+            assert row["ratio_met"] == (row["ratio_nonprivate"] <= row["ratio_target"])
+            assert row["met"] == (row["speedup_met"] and row["ratio_met"])
+        elif row["target"] is not None:
             assert row["met"] == (row["speedup"] >= row["target"])
         assert row["jaxbp_min_s"] <= row["jaxbp_s"] and row["reference_min_s"] <= row["reference_s"]
     pe = [r for r in result["rows"] if r["task"] == "per_example_grads"]
@@ -75,8 +84,12 @@ def check_printed_table_has_one_line_per_row(stdout, result):
     assert header == ["case", "dtype", "B", "task", "jaxbp", "reference", "speedup", "target",
                       "met", "compile s"]
     body = lines[2:]
-    n_bound = sum(r["task"] == "per_example_grads" for r in result["rows"])
-    assert len(body) == len(result["rows"]) + n_bound  # + one write-bound line each
+    bench = load_benchmark()
+    extra = sum(1 if r["task"] == "per_example_grads"  # its write bound
+                else 1 if r["task"] == "model_grad" and r["temp_bytes_jaxbp"] is not None  # memory
+                else len(bench._bench_private.table_lines(r)) if r["task"] == "private_clip"
+                else 0 for r in result["rows"])
+    assert len(body) == len(result["rows"]) + extra
     assert all(len(line.strip("|").split("|")) == len(header) for line in body)
     assert "peak process memory" in stdout
 

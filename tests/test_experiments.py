@@ -147,8 +147,13 @@ def test_train_x64_keeps_manual_and_autodiff_within_1e_9(train, tmp_path):
 
 
 @pytest.mark.parametrize("model, steps", [("cnn", 6), ("transformer", 3)])
-def test_train_nn_models_x64_lockstep(train, tmp_path, model, steps):
+def test_train_nn_models_x64_lockstep(train, tmp_path, monkeypatch, model, steps):
     """--model cnn / transformer: jaxbp.nn models, manual and autodiff within 1e-9 in float64."""
+    tasks = sys.modules["_tasks"]  # the transformer's task, made small: compile time, not scale
+    monkeypatch.setitem(tasks.SEQUENCES, "length", 8)
+    monkeypatch.setitem(tasks.SEQUENCES, "n_train", 64)
+    monkeypatch.setitem(tasks.SEQUENCES, "n_test", 16)
+    monkeypatch.setitem(tasks.TRANSFORMER, "dim", 16)
     results = train.main(model=model, steps=steps, batch_size=8, x64=True, out=str(tmp_path),
                          quiet=True)
     assert results["model"] == model and results["max_param_diff"] <= 1e-9
