@@ -85,7 +85,10 @@ def make_step(net: Network, optimizer: optax.GradientTransformation, *,
         that also checks ``grad`` on steps 0, N, 2N, ... (counting from 0) against
         ``jax.grad`` on the same batch, and raises ``jaxbp.BackpropError`` naming
         the step, the first bad layer and the suspect when they disagree beyond
-        the budget. The steps in between are the plain jitted step.
+        the budget. The steps in between are the plain jitted step. For a
+        ``jaxbp.nn.Sequential`` the check names the first bad module: with grad
+        "manual" through ``jaxbp.verify(model, ...)`` (its modules' own backward:
+        suspect "input" or "param"), with your function by its parameter leaves.
       private: None, or dict(max_norm=C, noise_multiplier=σ[, batch_size=D]): the DP-SGD
         step above (grad "manual" only; no mesh or check_every).
 
@@ -122,9 +125,6 @@ def make_step(net: Network, optimizer: optax.GradientTransformation, *,
             raise ValueError("private: needs grad='manual' (the one-pass per-example clipping) "
                              "and no mesh or check_every")
         return jax.jit(private_step(net, optimizer, private, isinstance(net, Sequential)))
-    if check_every is not None and isinstance(net, Sequential):
-        raise ValueError("check_every: supported for jaxbp.Network only (for a "
-                         "jaxbp.nn.Sequential use jaxbp.verify(model, ...))")
     value_and_grad = _value_and_grad_fn(net, grad)
 
     def step(params, opt_state, X, Y):
@@ -141,7 +141,8 @@ def make_step(net: Network, optimizer: optax.GradientTransformation, *,
                          out_shardings=(replicated, replicated, replicated))
     if check_every is None:
         return jitted
-    return CheckedStep(jitted, net, lambda p, X, Y: value_and_grad(p, X, Y)[1], check_every)
+    return CheckedStep(jitted, net, lambda p, X, Y: value_and_grad(p, X, Y)[1], check_every,
+                       own_chain=isinstance(net, Sequential) and grad == "manual")
 
 
 def _check_mesh(mesh: Any) -> None:

@@ -98,3 +98,57 @@ def test_checked_step_lowers_ahead_of_time_like_the_plain_step():
 def test_check_every_must_be_a_positive_int(check_every):
     with pytest.raises(ValueError, match="check_every: expected None or an int >= 1"):
         jaxbp.make_step(NET, optax.sgd(0.1), check_every=check_every)
+
+
+def _model_with(tanh_backward):
+    from jaxbp import nn
+
+    base = nn.Activation("tanh")
+    mine = nn.Module("my_tanh", base.init, base.forward, tanh_backward)
+    return nn.Sequential([nn.Linear(6), mine, nn.Linear(3), nn.Activation("softmax")], "nll")
+
+
+def _right_tanh(params, residuals, dA):
+    return (), dA * (1 - residuals[1] ** 2)
+
+
+def _wrong_tanh(params, residuals, dA):
+    return (), dA * (1 - residuals[0] ** 2)  # bug: 1 − z² instead of 1 − a²
+
+
+@pytest.mark.parametrize("tanh_backward, bad", [(_right_tanh, False), (_wrong_tanh, True)],
+                         ids=["right", "wrong"])
+def test_check_every_on_a_model_names_the_module(tanh_backward, bad):
+    """A jaxbp.nn model's own chain, checked every 2 steps: a wrong module is named."""
+    model = _model_with(tanh_backward)
+    params = model.init(jax.random.key(0), (4,))
+    optimizer = optax.sgd(0.1)
+    step = jaxbp.make_step(model, optimizer, check_every=2)
+    X = jax.random.normal(jax.random.key(1), (16, 4))
+    Y = jax.nn.one_hot(jnp.arange(16) % 3, 3)
+    state = (params, optimizer.init(params))
+    if not bad:
+        for _ in range(3):
+            state = step(*state, X, Y)[:2]
+        assert step.count == 3
+        return
+    with pytest.raises(jaxbp.BackpropError, match=r"step 0: .*first bad module 2 \(my_tanh\), "
+                                                  r"suspect 'input'"):
+        step(*state, X, Y)
+
+
+def test_check_every_on_a_model_with_your_grad_function():
+    model = _model_with(_right_tanh)
+    params = model.init(jax.random.key(0), (4,))
+
+    def my_grad(params, X, Y):  # the model's own gradient, the last Linear's W doubled
+        grads = model.grad(params, X, Y)
+        return grads[:2] + (grads[2]._replace(W=2 * grads[2].W),) + grads[3:]
+
+    optimizer = optax.sgd(0.1)
+    step = jaxbp.make_step(model, optimizer, grad=my_grad, check_every=1)
+    X = jax.random.normal(jax.random.key(1), (16, 4))
+    Y = jax.nn.one_hot(jnp.arange(16) % 3, 3)
+    with pytest.raises(jaxbp.BackpropError, match=r"first bad module 3 \(Linear\(3\)\), "
+                                                  r"suspect 'param'"):
+        step(params, optimizer.init(params), X, Y)
