@@ -313,22 +313,17 @@ def main(*, quick: bool = False, x64: bool = False, json_out: str | None = None,
                              seed=seed)
             print(f"  {case.name} {jnp.dtype(dtype).name}: {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr, flush=True)
-    for dtype in dtypes:  # jaxbp.nn models: the digits CNN and a transformer block
-        t0 = time.perf_counter()
-        rows += _bench_models.run_models(
-            _bench_models.TINY_CASES if tiny else _bench_models.CASES, dtype,
-            repeats=REPEATS[mode], min_sample_s=MIN_SAMPLE_S[mode], max_s=MAX_PAIR_S[mode],
-            seed=seed)
-        print(f"  nn models {jnp.dtype(dtype).name}: {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr, flush=True)
-    for dtype in dtypes:  # private gradients of jaxbp.nn models (issue 13)
-        t0 = time.perf_counter()
-        rows += _bench_private.run_private(
-            _bench_private.TINY_CASES if tiny else _bench_private.CASES, dtype,
-            repeats=REPEATS[mode], min_sample_s=MIN_SAMPLE_S[mode], max_s=MAX_PAIR_S[mode],
-            seed=seed)
-        print(f"  private {jnp.dtype(dtype).name}: {time.perf_counter() - t0:.0f} s",
-              file=sys.stderr, flush=True)
+    suites = (("nn models", _bench_models.run_models,  # the digits CNN, a transformer block
+               _bench_models.TINY_CASES if tiny else _bench_models.CASES),
+              ("private", _bench_private.run_private,  # private gradients of those and an MLP
+               _bench_private.TINY_CASES if tiny else _bench_private.CASES))
+    for label, run, model_cases in suites:
+        for dtype in dtypes:
+            t0 = time.perf_counter()
+            rows += run(model_cases, dtype, repeats=REPEATS[mode], min_sample_s=MIN_SAMPLE_S[mode],
+                        max_s=MAX_PAIR_S[mode], seed=seed)
+            print(f"  {label} {jnp.dtype(dtype).name}: {time.perf_counter() - t0:.0f} s",
+                  file=sys.stderr, flush=True)
     result = {
         "machine": info,
         "settings": {"mode": mode, "repeats": REPEATS[mode], "min_repeats": MIN_REPEATS,

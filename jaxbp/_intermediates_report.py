@@ -20,12 +20,11 @@ relative to ``scale`` = max |truth|. Its ``status`` is one of
 from __future__ import annotations
 
 import dataclasses
-import json
 from fractions import Fraction
 from typing import Optional
 
 from jaxbp import _report_view
-from jaxbp._report import _fmt, _jsonable
+from jaxbp._report import JsonReport, _fmt
 
 STATUSES = ("ok", "wrong", "shape", "nonfinite", "not given")
 SUSPECTS = ("missing path", "scale", "shape", "nonfinite", "local derivative")
@@ -66,7 +65,7 @@ class IntermediateRow:
 
 
 @dataclasses.dataclass(frozen=True)
-class IntermediatesReport(_report_view.Viewable):
+class IntermediatesReport(JsonReport, _report_view.Viewable):
     """What ``check_intermediates`` found.
 
     Attributes:
@@ -137,16 +136,6 @@ class IntermediatesReport(_report_view.Viewable):
             return f"d{u} holds NaN or inf (first at index {r.worst_index})."
         return (f"d{u} is wrong while the gradients of {used_by} are right: check the local "
                 f"derivative of {used_by} with respect to {u} in the step back to {u}.")
-
-    def to_dict(self) -> dict:
-        """A JSON-ready dict (inf and NaN become the strings "inf", "nan")."""
-        d = dataclasses.asdict(self)
-        d["explanation"] = self.explanation()
-        return _jsonable(d)
-
-    def to_json(self, **kwargs) -> str:
-        """``json.dumps(self.to_dict())``; keyword arguments go to ``json.dumps``."""
-        return json.dumps(self.to_dict(), **kwargs)
 
     def _view(self):
         """The report in the views' row protocol (``jaxbp._report_view``)."""

@@ -19,6 +19,7 @@ import math
 from typing import Any, Optional
 
 from jaxbp import _report_view
+from jaxbp._report_view import fmt as _fmt
 
 SUSPECTS = ("loss", "activation", "link", "weight", "bias", "batch", "nonfinite", "backward",
             "input", "param")
@@ -84,8 +85,22 @@ class Row:
     nonfinite: bool = False
 
 
+class JsonReport:
+    """Mixin for report dataclasses with an ``explanation()``: ``to_dict`` and ``to_json``."""
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict (inf and NaN become the strings "inf", "nan")."""
+        d = dataclasses.asdict(self)
+        d["explanation"] = self.explanation()
+        return _jsonable(d)
+
+    def to_json(self, **kwargs) -> str:
+        """``json.dumps(self.to_dict())``; keyword arguments go to ``json.dumps``."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+
 @dataclasses.dataclass(frozen=True)
-class Report(_report_view.Viewable):
+class Report(JsonReport, _report_view.Viewable):
     """What ``verify`` (or ``check_vjp``) found.
 
     Attributes:
@@ -152,16 +167,6 @@ class Report(_report_view.Viewable):
             l=l, l1=(l or 0) + 1, lm1=(l or 1) - 1, act=act, primal=self.primal,
             module=self.module)
 
-    def to_dict(self) -> dict:
-        """A JSON-ready dict (inf and NaN become the strings "inf", "nan")."""
-        d = dataclasses.asdict(self)
-        d["explanation"] = self.explanation()
-        return _jsonable(d)
-
-    def to_json(self, **kwargs) -> str:
-        """``json.dumps(self.to_dict())``; keyword arguments go to ``json.dumps``."""
-        return json.dumps(self.to_dict(), **kwargs)
-
     def _view(self):
         """The report in the views' row protocol (``jaxbp._report_view``)."""
         unit = "module" if self.mode in ("model", "module") else "layer"
@@ -211,16 +216,6 @@ class Report(_report_view.Viewable):
         for note in self.notes:
             lines.append(f"  note: {note}")
         return "\n".join(lines)
-
-
-def _fmt(x: float) -> str:
-    if x is None:
-        return "-"
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf"
-    return f"{x:.2e}"
 
 
 def _jsonable(x):
