@@ -21,6 +21,7 @@ from jaxbp.nn._models import digits_cnn, mlp, transformer_block
 
 __all__ = [
     "Activation",
+    "Attention",
     "AvgPool2D",
     "BatchNorm",
     "Conv",
@@ -30,7 +31,6 @@ __all__ = [
     "EmbeddingTable",
     "Flatten",
     "LayerNorm",
-    "Attention",
     "Linear",
     "MaxPool2D",
     "Module",
