@@ -1,9 +1,16 @@
 """Strict JAX for every test: float64 available, silent rank promotion is an error."""
 
 import os
+import tempfile
 
 # Tests run on the CPU even where an accelerator is installed (deterministic numbers).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Most of the suite's time is XLA compiling; the same programs recur across the xdist workers
+# and in the scripts the tests start as subprocesses (which inherit these variables), so one
+# on-disk compilation cache serves them all. It changes no number: only compile time.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"jaxbp-tests-xla-cache-{os.getuid()}"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
