@@ -35,7 +35,7 @@ from jaxbp._report import Report
 from jaxbp._tolerances import roundoff_budget
 from jaxbp._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
     row as _row
-from jaxbp.nn._compose import split_key
+from jaxbp.nn._compose import RESIDUAL_INNER, split_key
 from jaxbp.nn._module import Module
 from jaxbp.nn._sequential import Sequential, _chain, _loss_terms
 
@@ -183,10 +183,36 @@ def verify_model(model: Sequential, params, X, Y, *, key: Optional[jax.Array] = 
         note = (f"module {i} ({name}) {worst.parameter}: error {worst.max_abs_error:.3g} "
                 f"(relative {worst.max_rel_error:.3g}, budget {worst.budget:.3g}) at entry "
                 f"{worst.worst_entry}")
+        notes = (note,) + _inside_residual(model, params, X, key, i, suspect)
         return Report(ok=False, first_bad_layer=i, suspect=suspect, candidates=(suspect,),
-                      notes=(note, _budget_note(dtype, n, rtol, atol)), module=name, **common)
+                      notes=notes + (_budget_note(dtype, n, rtol, atol),), module=name, **common)
     return Report(ok=True, first_bad_layer=None, suspect=None,
                   notes=(_budget_note(dtype, n, rtol, atol),), **common)
+
+
+def _inside_residual(model, params, X, key, i, suspect) -> tuple:
+    """For a wrong Residual (module i): which inner module fails ``check_module`` on its input.
+
+    The Residual's skip path is the identity, so a wrong Residual means a wrong inner
+    module; each is checked alone against ``jax.vjp``, last first, at the inputs this
+    batch gives it. Returns a note naming the first that fails (none: no note).
+    """
+    module = model.modules[i - 1]
+    inner = RESIDUAL_INNER.get(module)
+    if inner is None or suspect == "loss":
+        return ()
+    keys = split_key(key, len(model.modules) - (1 if model.fused else 0)) + (None,)
+    A = X
+    for m, p, k in zip(model.modules[:i - 1], params[:i - 1], keys):
+        A, _ = m.forward(p, A, k)
+    _, (inputs, _) = module.forward(params[i - 1], A, keys[i - 1])
+    for j in range(len(inner), 0, -1):
+        report = check_module(inner[j - 1], params[i - 1][j - 1], inputs[j - 1])
+        if not report.ok:
+            return (f"inside module {i} ({module.name}): inner module {j} ({inner[j - 1].name}) "
+                    f"fails jaxbp.check_module on its input from this batch, suspect "
+                    f"{report.suspect!r}",)
+    return ()
 
 
 def _budget_note(dtype, n, rtol, atol) -> str:

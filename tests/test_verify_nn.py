@@ -147,3 +147,14 @@ def test_check_module_names_the_wrong_part(module, suspect):
     params, _ = module.init(jax.random.key(0), (6,), jnp.float64)
     report = jaxbp.check_module(module, params, jax.random.normal(jax.random.key(1), (4, 6)))
     assert not report.ok and report.suspect == suspect and report.module == module.name
+
+
+def test_a_wrong_module_inside_a_residual_is_named_in_the_notes():
+    bad = _tanh_with(_tanh_wrong_derivative)
+    model = nn.Sequential([nn.Linear(6), nn.Residual(nn.LayerNorm(), nn.Linear(6), bad),
+                           nn.Linear(3), nn.Activation("softmax")], "nll")
+    params = model.init(jax.random.key(0), (5,), dtype=jnp.float64)
+    report = jaxbp.verify(model, params, *_data())
+    assert (report.first_bad_layer, report.suspect) == (2, "input")
+    assert report.module.startswith("Residual(")
+    assert any("inner module 3 (my_tanh)" in note and "'input'" in note for note in report.notes)

@@ -139,7 +139,13 @@ def _residual(modules: tuple) -> Module:
         return PerExample(dY + dX_inner, jnp.sum(sq, axis=-1),
                           lambda c: tuple(weighted_sum(c) for weighted_sum in sums))
 
-    return Module(name, init, forward, backward, per_example)
+    module = Module(name, init, forward, backward, per_example)
+    RESIDUAL_INNER[module] = modules
+    return module
+
+
+# A Residual module -> its inner modules, so that a checker can look inside it.
+RESIDUAL_INNER: dict = {}
 
 
 def Residual(*modules: Module) -> Module:
