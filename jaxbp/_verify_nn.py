@@ -59,6 +59,10 @@ def _loss_with_taps(model: Sequential, params, eps, X, Y, key):
     return jnp.mean(_loss_terms(model, A, Z, Y))
 
 
+# One jitted program per (model, shapes, dtype): a second verify of the same model reuses it.
+_taps_grad = jax.jit(jax.grad(_loss_with_taps, argnums=(1, 2)), static_argnums=0)
+
+
 def _input_shapes(model, params, X, key):
     def run(p, x):
         shapes, A = [], x
@@ -76,8 +80,7 @@ def _grads_with_taps(model, params, X, Y, key, dtype):
     shapes = _input_shapes(model, params, X, key)
     eps = tuple(None if not jnp.issubdtype(s.dtype, jnp.floating)
                 else jnp.zeros(s.shape, dtype) for s in shapes)
-    return jax.jit(jax.grad(_loss_with_taps, argnums=(1, 2)), static_argnums=0)(
-        model, params, eps, X, Y, key)
+    return _taps_grad(model, params, eps, X, Y, key)
 
 
 def _leaf_names(p) -> list:
@@ -119,10 +122,8 @@ def verify_model(model: Sequential, params, X, Y, *, key: Optional[jax.Array] = 
         raise BackpropError(str(e)) from e
     except Exception as e:
         raise BackpropError(f"a module's backward raised {type(e).__name__}: {e}") from e
-    # trail: (dparams, dX) per module run backward, last first; the fused top is not run.
-    dX_user = [None] * n
-    for k, (_, dX) in enumerate(trail):
-        dX_user[n - 1 - k - (1 if model.fused else 0)] = dX
+    # trail: (dparams, ∂L/∂input) per module, last first (a fused top: its (a − y)/N)
+    dX_user = [dX for _, dX in reversed(trail)]
     with jax.enable_x64(True):
         p_truth, x_truth = _grads_with_taps(model, params, X, Y, key, jnp.float64)
         p_truth, x_truth = jax.tree.map(_np64, p_truth), [_np64(v) for v in x_truth]
@@ -131,10 +132,6 @@ def verify_model(model: Sequential, params, X, Y, *, key: Optional[jax.Array] = 
         if not all(np.all(np.isfinite(v)) for v in jax.tree.leaves(tree)):
             raise ValueError(f"the float64 reference {name} (jax.grad of model.loss) has NaN or "
                              "inf on these inputs; nothing can be verified against it")
-    if model.fused:  # the top's "∂L/∂input" is the fused (a − y)/N the chain started from
-        from jaxbp.nn._sequential import _run_forward, _top_delta
-        A, _, _, Z = _run_forward(model, params, X, key)
-        dX_user[n - 1] = _top_delta(model, A, Z, Y)
 
     def budget(observed, scale, floor_scale):
         if rtol is None and atol is None:

@@ -61,16 +61,33 @@ def _top_delta(model: "Sequential", A, Z, Y) -> jax.Array:
 
 
 def _chain(model: "Sequential", params, X, Y, key, trail=None):
-    """(mean loss, grads, output, dX): forward, then every module's backward, last first."""
+    """(mean loss, grads, output, dX): forward, then every module's backward, last first.
+
+    ``trail`` (optional list) gets each module's (dparams, ∂L/∂input), last module first;
+    for a fused top that is ((), the fused ∂L/∂z the chain starts from).
+    """
     A, residuals, inputs, Z = _run_forward(model, params, X, key)
     loss = jnp.mean(_loss_terms(model, A, Z, Y))
     delta = _top_delta(model, A, Z, Y)
+    if model.fused and trail is not None:
+        trail.append(((), delta))
     n = len(model.modules) - (1 if model.fused else 0)
     grads, dX = backward_chain(model.modules[:n], params[:n], inputs[:n], residuals[:n], delta,
                                trail=trail)
     if model.fused:
         grads = grads + (jax.tree.map(jnp.zeros_like, params[-1]),)
     return loss, grads, A, dX
+
+
+def _spec(tree):
+    """Shapes and dtypes only (hashable): what the output's shape depends on."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), tree)
+
+
+@functools.lru_cache(maxsize=256)
+def _output_spec(model, params_spec, X_spec) -> jax.ShapeDtypeStruct:
+    """The output's shape for these input shapes: traced once, not on every call."""
+    return jax.eval_shape(lambda p, x: _run_forward(model, p, x, None)[0], params_spec, X_spec)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -203,7 +220,7 @@ class Sequential:
             raise TypeError(f"X: expected floats (or integer token ids), got dtype {X.dtype}")
         if Y is None:
             return params, X, None
-        out = jax.eval_shape(lambda p, x: _run_forward(self, p, x, None)[0], params, X)
+        out = _output_spec(self, _spec(params), _spec(X))
         Y = jnp.asarray(Y) if _checks.is_concrete(Y) else Y
         if (self.loss_name == "nll" and jnp.issubdtype(Y.dtype, jnp.integer)
                 and Y.shape == out.shape[:-1]):
