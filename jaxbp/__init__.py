@@ -1,21 +1,21 @@
 """jaxbp: hand-written backprop in JAX, checked against jax.grad."""
 
-from jaxbp._activations import ACTIVATIONS, Activation, get_activation
-from jaxbp._chain import Factor, chain, contract
-from jaxbp._explain import explain
-from jaxbp._finite_difference import finite_difference_grad
-from jaxbp._intermediates import check_intermediates, intermediates
-from jaxbp._intermediates_report import IntermediateRow, IntermediatesReport
-from jaxbp._losses import LOSSES, Loss, get_loss
-from jaxbp._mutants import MUTANTS, Mutant
-from jaxbp._network import Dense, Network, Trace
-from jaxbp._report import Report, Row
-from jaxbp._tolerances import relative_error, rtol_for, tree_relative_error
-from jaxbp._train import batch_mesh, make_step, replicate, shard_batch
-from jaxbp._verify import BackpropError, verify
-from jaxbp._verify_nn import check_module
-from jaxbp._vjp import check_vjp, custom_vjp
-from jaxbp._vjp_checking import CheckLog, checking
+from jaxbp.core._activations import ACTIVATIONS, Activation, get_activation
+from jaxbp.core._chain import Factor, chain, contract
+from jaxbp.core._explain import explain
+from jaxbp.core._losses import LOSSES, Loss, get_loss
+from jaxbp.core._network import Dense, Network, Trace
+from jaxbp.core._tolerances import relative_error, rtol_for, tree_relative_error
+from jaxbp.check._finite_difference import finite_difference_grad
+from jaxbp.check._intermediates import check_intermediates, intermediates
+from jaxbp.check._intermediates_report import IntermediateRow, IntermediatesReport
+from jaxbp.check._mutants import MUTANTS, Mutant
+from jaxbp.check._report import Report, Row
+from jaxbp.check._verify import BackpropError, verify
+from jaxbp.check._verify_nn import check_module
+from jaxbp.check._vjp import check_vjp, custom_vjp
+from jaxbp.check._vjp_checking import CheckLog, checking
+from jaxbp.train._train import batch_mesh, make_step, replicate, shard_batch
 from jaxbp import adapters, datasets, nn, testing  # testing: pytest assertions, public API only
 
 __version__ = "0.1.0"

@@ -18,14 +18,19 @@ A backprop that raises or returns the wrong structure or shapes
 (``jaxbp.BackpropError``) also fails the assertion, with that message;
 mistakes in the call itself (a wrong argument type) raise as usual.
 
-This module uses only jaxbp's public functions, looked up when called.
+This module sits above ``jaxbp.check`` in the package's layering and calls only its
+public functions (the same objects ``jaxbp`` exports).
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
-import jaxbp
+from jaxbp.check._intermediates import check_intermediates
+from jaxbp.check._compare import BackpropError
+from jaxbp.check._verify import verify
+from jaxbp.check._verify_nn import check_module
+from jaxbp.check._vjp import check_vjp
 
 __all__ = ["assert_backprop", "assert_intermediates", "assert_module", "assert_vjp"]
 
@@ -34,7 +39,7 @@ def _check(name: str, check: Callable, *args, **kwargs):
     __tracebackhide__ = True
     try:
         report = check(*args, **kwargs)
-    except jaxbp.BackpropError as e:
+    except BackpropError as e:
         raise AssertionError(f"{name}: your backward pass failed to run:\n{e}") from e
     if not report.ok:
         raise AssertionError(f"{name}: gradients disagree with the reference\n{report}")
@@ -71,7 +76,7 @@ def assert_backprop(net_or_model, params, X, Y, **verify_kwargs):
       True
     """
     __tracebackhide__ = True
-    return _check("assert_backprop", jaxbp.verify, net_or_model, params, X, Y,
+    return _check("assert_backprop", verify, net_or_model, params, X, Y,
                   **verify_kwargs)
 
 
@@ -99,7 +104,7 @@ def assert_vjp(forward: Callable, backward: Callable, *primals, **kwargs):
       True
     """
     __tracebackhide__ = True
-    return _check("assert_vjp", jaxbp.check_vjp, forward, backward, *primals, **kwargs)
+    return _check("assert_vjp", check_vjp, forward, backward, *primals, **kwargs)
 
 
 def assert_module(module, params, X, **kwargs):
@@ -129,7 +134,7 @@ def assert_module(module, params, X, **kwargs):
       True
     """
     __tracebackhide__ = True
-    return _check("assert_module", jaxbp.check_module, module, params, X, **kwargs)
+    return _check("assert_module", check_module, module, params, X, **kwargs)
 
 
 def assert_intermediates(forward: Callable, args, grads, **kwargs):
@@ -161,5 +166,5 @@ def assert_intermediates(forward: Callable, args, grads, **kwargs):
       True
     """
     __tracebackhide__ = True
-    return _check("assert_intermediates", jaxbp.check_intermediates, forward, args, grads,
+    return _check("assert_intermediates", check_intermediates, forward, args, grads,
                   **kwargs)

@@ -1,15 +1,14 @@
 """Shared strategies and helpers for the core tests."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
 
 import jaxbp
 # Last activations that make sense for each loss, and the net and data generators,
 # are the selftest's.
-from jaxbp._selftest import LAST_ACTIVATIONS, make_network, random_problem
-from jaxbp._tolerances import tree_relative_error
+from jaxbp.check._selftest import LAST_ACTIVATIONS, make_network, random_problem
+from jaxbp import tree_relative_error
 
 ACTIVATION_NAMES = tuple(jaxbp.ACTIVATIONS)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxbp
-from jaxbp._selftest import random_problem
+from jaxbp.check._selftest import random_problem
 from tests import _homework as hw
 
 B = 32

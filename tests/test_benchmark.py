@@ -126,7 +126,7 @@ def test_references_agree_with_jaxbp():
     import jax.numpy as jnp
 
     import jaxbp
-    from jaxbp._tolerances import relative_error, tree_relative_error
+    from jaxbp import relative_error, tree_relative_error
 
     bench = load_benchmark()
     net = jaxbp.Network(sizes=(5, 6, 3), activations=bench.ACTIVATIONS[1:], loss=bench.LOSS)

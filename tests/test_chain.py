@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxbp
-from jaxbp._selftest import make_network
-from jaxbp._tolerances import relative_error, rtol_for
+from jaxbp.check._selftest import make_network
+from jaxbp import relative_error, rtol_for
 
 TOL = rtol_for(jnp.float64)  # 1e-10
 NAMES = tuple(jaxbp.ACTIVATIONS)

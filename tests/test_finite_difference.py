@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxbp
-from jaxbp._selftest import random_problem
+from jaxbp.check._selftest import random_problem
 
 
 def test_closed_form():

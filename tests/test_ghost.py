@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxbp
-from jaxbp._selftest import random_targets
-from jaxbp._tolerances import relative_error, rtol_for, tree_relative_error
+from jaxbp.check._selftest import random_targets
+from jaxbp import relative_error, rtol_for, tree_relative_error
 
 # (id, sizes, activations, loss): every loss, the fused and unfused paths, every activation.
 CASES = [

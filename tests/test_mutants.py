@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import jaxbp
-from jaxbp._mutants import CORRECT, MUTANTS, PROBES, batch_backprop, chain_backprop
-from jaxbp._selftest import random_problem
-from jaxbp._verify import check_against, reference
+from jaxbp.check._mutants import CORRECT, MUTANTS, PROBES, batch_backprop, chain_backprop
+from jaxbp.check._selftest import random_problem
+from jaxbp.check._verify import check_against, reference
 
 SUITE = (
     jaxbp.Network(sizes=(4, 4, 4, 4, 3), activations=("tanh", "gelu", "sigmoid", "softmax"),

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jaxbp
-from jaxbp._tolerances import rtol_for
+from jaxbp import rtol_for
 from tests._nets import LAST_ACTIVATIONS, assert_close, make_problem, networks
 
 DTYPES = st.sampled_from([jnp.float32, jnp.float64])

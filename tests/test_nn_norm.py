@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jaxbp import nn
-from jaxbp._tolerances import rtol_for
+from jaxbp import rtol_for
 from tests._nn_check import assert_backward_matches, rel_err
 
 JIT = pytest.mark.parametrize("jit", [False, True], ids=["eager", "jit"])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jaxbp
-from jaxbp._tolerances import rtol_for
+from jaxbp import rtol_for
 from tests._nets import assert_close
 
 

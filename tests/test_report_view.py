@@ -177,7 +177,7 @@ def test_checking_log_has_the_same_views():
 
 
 def test_without_matplotlib_plot_says_so_and_the_page_keeps_the_table(reports, monkeypatch):
-    from jaxbp import _report_view
+    from jaxbp.check import _report_view
 
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails
     with pytest.raises(ImportError, match="pip install matplotlib"):

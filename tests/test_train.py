@@ -13,7 +13,7 @@ import optax
 import pytest
 
 import jaxbp
-from jaxbp._tolerances import rtol_for
+from jaxbp import rtol_for
 from tests._nets import assert_close, make_problem
 
 NETS = {
@@ -53,7 +53,7 @@ CASES = {f"{n}-{o}": (n, o) for n, o in zip(NETS, ["sgd", "momentum", "adam", "r
 CASES["tanh-softmax-nll-chain-clip-adamw"] = ("tanh-softmax-nll", "chain-clip-adamw")
 
 
-@pytest.mark.parametrize("grad", jaxbp._train.GRADS)
+@pytest.mark.parametrize("grad", jaxbp.train._train.GRADS)
 @pytest.mark.parametrize("case", CASES)
 def test_step_trajectory_matches_plain_optax_loop_float64(case, grad):
     net_name, opt_name = CASES[case]

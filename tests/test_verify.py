@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jaxbp
-from jaxbp._selftest import random_problem
+from jaxbp.check._selftest import random_problem
 from tests import _user_backprops as user
 
 # Widths from {1, 2, 3, 4} and B = 32 as in the other verifier tests: JAX compiles each

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from jaxbp._activations import get_activation
+from jaxbp.core._activations import get_activation
 from jaxbp.nn._module import Module
 
 

@@ -8,7 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxbp._network import Dense
+from jaxbp.core._network import Dense
 from jaxbp.nn._module import Module, check_last_axis, check_rank
 from jaxbp.nn._per_example import PerExample, outer_sq_norms, row_sq_norms, scale_rows
 

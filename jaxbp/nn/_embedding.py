@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp._checks import check_float_dtype, is_concrete
+from jaxbp.core._checks import check_float_dtype, is_concrete
 from jaxbp.nn._module import Module
 from jaxbp.nn._per_example import hook_from_backward, row_sq_norms, use_ghost
 

@@ -7,7 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxbp._network import Dense
+from jaxbp.core._network import Dense
 from jaxbp.nn._module import Module, bias, check_last_axis, sum_but_last
 from jaxbp.nn._per_example import hook_from_backward, outer_sq_norms, row_sq_norms
 

@@ -25,7 +25,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxbp import _ghost
+from jaxbp.core import _ghost
 from jaxbp.nn._per_example import per_example_chain
 
 

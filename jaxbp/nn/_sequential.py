@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import _checks
-from jaxbp._ghost import check_max_norm as _ghost_check_max_norm
-from jaxbp._losses import get_loss
+from jaxbp.core import _checks
+from jaxbp.core._ghost import check_max_norm as _ghost_check_max_norm
+from jaxbp.core._losses import get_loss
 from jaxbp.nn._activation import Activation
 from jaxbp.nn._compose import backward_chain, forward_chain
 from jaxbp.nn._module import Module

@@ -23,8 +23,8 @@ import dataclasses
 from fractions import Fraction
 from typing import Optional
 
-from jaxbp import _report_view
-from jaxbp._report import JsonReport, _fmt
+from jaxbp.check import _report_view
+from jaxbp.check._report import JsonReport, _fmt
 
 STATUSES = ("ok", "wrong", "shape", "nonfinite", "not given")
 SUSPECTS = ("missing path", "scale", "shape", "nonfinite", "local derivative")
@@ -138,7 +138,7 @@ class IntermediatesReport(JsonReport, _report_view.Viewable):
                 f"derivative of {used_by} with respect to {u} in the step back to {u}.")
 
     def _view(self):
-        """The report in the views' row protocol (``jaxbp._report_view``)."""
+        """The report in the views' row protocol (``jaxbp.check._report_view``)."""
         rows = tuple(_report_view.ViewRow(
             label=r.name, max_rel_error=r.max_rel_error, budget=r.budget, ok=r.ok,
             status=(f"SHAPE {r.given_shape}" if r.status == "shape"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jaxbp._network import Network
+from jaxbp.core._network import Network
 
 
 def network_from_args(args: argparse.Namespace):

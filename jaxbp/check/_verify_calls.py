@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp._compare import BackpropError
-from jaxbp._network import Network
+from jaxbp.check._compare import BackpropError
+from jaxbp.core._network import Network
 
 
 # The checker runs each of its programs once per problem, so compile time is most of a

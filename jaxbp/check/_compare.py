@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from jaxbp._report import Row
+from jaxbp.check._report import Row
 
 
 class BackpropError(ValueError):

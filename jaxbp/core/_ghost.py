@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import _checks
+from jaxbp.core import _checks
 
 
 def check_max_norm(max_norm, dtype) -> jax.Array:

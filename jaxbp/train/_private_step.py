@@ -18,7 +18,7 @@ from typing import Any, Callable
 import jax
 import optax
 
-from jaxbp import _ghost
+from jaxbp.core import _ghost
 
 PRIVATE_KEYS = ("max_norm", "noise_multiplier", "batch_size")
 

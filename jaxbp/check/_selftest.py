@@ -6,7 +6,7 @@ float32 and float64, random weights, biases, inputs and targets) it runs
 * four correct backprops written differently from jaxbp's own (the notes'
   chain, jax.grad in your dtype, the chain's batch mean, and that mean as one
   matrix product): any failure is a false alarm;
-* every per-example mutant of ``jaxbp._mutants.MUTANTS`` that applies to the
+* every per-example mutant of ``jaxbp.check._mutants.MUTANTS`` that applies to the
   network, at one random layer where it applies, two of the batch mutants
   (drawn at random; each calls the function once per example, the slow part),
   and the 3e-4 precision probe;
@@ -27,6 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp.core._activations import ACTIVATIONS
+from jaxbp.core._network import Dense, Network
+
 EFFECT_MIN = 1e-4
 BATCH_MUTANTS_PER_CONFIG = 2
 WIDTHS = (1, 2, 3, 4, 6)  # few distinct shapes keep JAX's per-shape compilation cheap
@@ -42,11 +45,10 @@ LAST_ACTIVATIONS = {
 
 def random_network(rng: np.random.Generator):
     """A random valid Network: depth 1–5; half of them with equal widths."""
-    import jaxbp
 
     depth = int(rng.integers(1, 6))
     loss = str(rng.choice(tuple(LAST_ACTIVATIONS)))
-    hidden = [str(rng.choice(tuple(jaxbp.ACTIVATIONS))) for _ in range(depth - 1)]
+    hidden = [str(rng.choice(tuple(ACTIVATIONS))) for _ in range(depth - 1)]
     last = str(rng.choice(LAST_ACTIVATIONS[loss]))
     if rng.random() < 0.5:  # equal widths: the link and weight mix-ups need square W
         sizes = [int(rng.choice(WIDTHS[1:]))] * (depth + 1)
@@ -57,14 +59,13 @@ def random_network(rng: np.random.Generator):
 
 def make_network(sizes, hidden, last, loss):
     """A Network with the output width fitted to the loss (hinge: 1 unit, nll: at least 2)."""
-    import jaxbp
 
     sizes = list(sizes)
     if loss == "hinge":
         sizes[-1] = 1
     if loss == "nll":
         sizes[-1] = max(sizes[-1], 2)
-    return jaxbp.Network(sizes=tuple(sizes), activations=(*hidden, last), loss=loss)
+    return Network(sizes=tuple(sizes), activations=(*hidden, last), loss=loss)
 
 
 def random_targets(net, key, batch: int, dtype):
@@ -81,11 +82,10 @@ def random_targets(net, key, batch: int, dtype):
 
 def random_problem(net, seed: int, batch: int, dtype):
     """Params with nonzero biases, inputs N(0, 1) and valid targets."""
-    import jaxbp
 
     kp, kb, kx, ky = jax.random.split(jax.random.key(seed), 4)
     params = net.init(kp, dtype=dtype)
-    params = tuple(jaxbp.Dense(p.W, 0.3 * jax.random.normal(k, p.W0.shape, dtype))
+    params = tuple(Dense(p.W, 0.3 * jax.random.normal(k, p.W0.shape, dtype))
                    for p, k in zip(params, jax.random.split(kb, net.num_layers)))
     X = jax.random.normal(kx, (batch, net.sizes[0]), dtype)
     return params, X, random_targets(net, ky, batch, dtype)
@@ -111,8 +111,8 @@ def selftest(configs: int = 500, *, seed: int = 0, batch: int = BATCH, progress=
       ``seconds`` and ``passed`` (every effective mutant caught, its layer
       right, no false alarms).
     """
-    from jaxbp._mutants import CORRECT, MUTANTS, PROBES
-    from jaxbp._verify import check_against, reference
+    from jaxbp.check._mutants import CORRECT, MUTANTS, PROBES
+    from jaxbp.check._verify import check_against, reference
 
     rng = np.random.default_rng(seed)
     mutant_stats = collections.defaultdict(_stats)

@@ -31,8 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import _report_view
-from jaxbp._tolerances import ROUNDOFF_FLOOR, roundoff_budget
+from jaxbp.check import _report_view
+from jaxbp.core._tolerances import ROUNDOFF_FLOOR, roundoff_budget
 
 KEEP = 8  # flagged calls kept per layer for the exact decision after the block
 
@@ -140,7 +140,7 @@ class CheckLog(_report_view.Viewable):
         return f"CheckLog(ok={self.ok}, first_bad={self.first_bad!r}; {'; '.join(parts)})"
 
     def _view(self):
-        """The log in the views' row protocol (``jaxbp._report_view``): a row per layer."""
+        """The log in the views' row protocol (``jaxbp.check._report_view``): a row per layer."""
         rows = tuple(_report_view.ViewRow(
             label=r.name, max_rel_error=r.max_error,
             budget=None if r.ok else r.first_failure.budget, ok=r.ok,

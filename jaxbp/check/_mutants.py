@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxbp._network import Dense, Network, _forward_trace
+from jaxbp.core._network import Dense, Network, _forward_trace
 
 
 class Factors(NamedTuple):

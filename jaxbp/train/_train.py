@@ -27,9 +27,9 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxbp._checked_step import CheckedStep
-from jaxbp._network import Dense, Network
-from jaxbp._private_step import private_step
+from jaxbp.train._checked_step import CheckedStep
+from jaxbp.core._network import Dense, Network
+from jaxbp.train._private_step import private_step
 from jaxbp.nn._sequential import Sequential
 
 GRADS = ("manual", "autodiff")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxbp import _demo, _explain_cli, _selftest_cli, _verify_cli
+from jaxbp.cli import _demo, _explain as _explain_cli, _selftest as _selftest_cli, _verify as _verify_cli
 
 _SUBCOMMANDS = (_demo, _explain_cli, _verify_cli, _selftest_cli)
 

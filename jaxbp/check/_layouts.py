@@ -26,8 +26,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from jaxbp._compare import BackpropError
-from jaxbp._network import Dense
+from jaxbp.check._compare import BackpropError
+from jaxbp.core._network import Dense
 
 LAYOUTS = ("rows", "columns")
 REDUCTIONS = ("mean", "sum")

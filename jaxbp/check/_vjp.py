@@ -4,7 +4,7 @@
 ``jax.vjp(forward, ...)`` evaluated in float64 for a few random cotangents dy,
 primal by primal and entry by entry, with the same budget rule as
 ``jaxbp.verify`` (round-off of ``jax.vjp`` itself in your dtype, times 10, or
-a floor; see ``jaxbp._tolerances.roundoff_budget``).
+a floor; see ``jaxbp.core._tolerances.roundoff_budget``).
 ``custom_vjp(forward, backward)`` wraps ``jax.custom_vjp`` so that ``jax.grad``
 of anything built on the layer uses your backward.
 """
@@ -18,10 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp._report import Report
-from jaxbp._tolerances import roundoff_budget
-from jaxbp._vjp_checking import checked_bwd, is_checking
-from jaxbp._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
+from jaxbp.check._report import Report
+from jaxbp.core._tolerances import roundoff_budget
+from jaxbp.check._vjp_checking import checked_bwd, is_checking
+from jaxbp.check._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
     row as _row
 
 

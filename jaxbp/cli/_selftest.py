@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from jaxbp._selftest import BATCH, format_summary, selftest
+from jaxbp.check._selftest import BATCH, format_summary, selftest
 
 
 def add_parser(subparsers) -> None:

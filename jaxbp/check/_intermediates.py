@@ -21,7 +21,7 @@ A forgotten ``+=`` on a value used twice leaves out some of these terms:
 your gradient then equals truth_u − Σ_{c ∈ S} contribution_c for a subset S of
 its paths ("missing path", ``report.missing`` = S).
 
-Budget (per value, ``jaxbp._tolerances.roundoff_budget``): for float32 (and
+Budget (per value, ``jaxbp.core._tolerances.roundoff_budget``): for float32 (and
 float16/bfloat16) gradients, 10 × the measured round-off of ``jax.grad`` of the
 same forward run in that dtype, or at least ROUNDOFF_FLOOR[dtype] × (depth + 1)
 of the larger of max |truth_v| and the scale of the gradient flowing into v,
@@ -45,11 +45,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp._checks import is_concrete
-from jaxbp._intermediates_report import IntermediateRow, IntermediatesReport
-from jaxbp._intermediates_truth import Tap, Truth, discover, forward_loss, observed_roundoff
-from jaxbp._tolerances import ROUNDOFF_FLOOR, roundoff_budget
-from jaxbp._compare import check_tolerance as _check_tolerance, max_abs as _max_abs
+from jaxbp.core._checks import is_concrete
+from jaxbp.check._intermediates_report import IntermediateRow, IntermediatesReport
+from jaxbp.check._intermediates_truth import Tap, Truth, discover, forward_loss, observed_roundoff
+from jaxbp.core._tolerances import ROUNDOFF_FLOOR, roundoff_budget
+from jaxbp.check._compare import check_tolerance as _check_tolerance, max_abs as _max_abs
 
 MAX_DEPTH = 24  # the floor stops growing here: 2e-6 × 25 = 5e-5 ≪ 1e-3 in float32
 MAX_SUBSETS_PATHS = 10  # every subset up to here; beyond, 1 or 2 paths, or all but 1 or 2

@@ -9,7 +9,7 @@ vmapped), and every leaf is compared over the whole batch (see ``Report``).
 Budget: float64 gradients may differ by ~1e-10 relative (so 1e-6 fails); for
 float32 jaxbp measures the round-off of its own correct backprop run in your
 dtype on the same inputs and allows ``max(10 × that, 2e-6 × (L + 1))`` of each
-leaf's scale (``jaxbp._tolerances.roundoff_budget``): a 3e-4 relative error in
+leaf's scale (``jaxbp.core._tolerances.roundoff_budget``): a 3e-4 relative error in
 one layer fails, correct float32 code passes. ``rtol``/``atol`` replace it
 (allowed = atol + rtol × scale).
 
@@ -20,7 +20,7 @@ entered:
 * only ∂L/∂W^ℓ wrong: "weight" (the a^{ℓ−1} factor); only ∂L/∂W0^ℓ: "bias";
 * both, at ℓ = L: "loss" (∂L/∂a^L and f^L', or the fused a^L − y);
 * both, at ℓ < L (so ∂L/∂z^ℓ is wrong and ∂L/∂z^{ℓ+1} right): "activation" or
-  "link", decided by the batch-wide fits in ``jaxbp._localize``;
+  "link", decided by the batch-wide fits in ``jaxbp.check._localize``;
 * with ``batched=True``, your function is also called on batches of one: if
   those are all right the reduction over the batch is wrong: "batch";
 * NaN or inf anywhere in your gradients: "nonfinite".
@@ -36,15 +36,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import _layouts, _localize
-from jaxbp._network import Network, _forward_trace, _per_example_grads
-from jaxbp._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
+from jaxbp.check import _layouts, _localize
+from jaxbp.core._network import Network, _forward_trace, _per_example_grads
+from jaxbp.check._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
     row as _row
-from jaxbp._report import Report
-from jaxbp._verify_calls import _call, _call_batch, _jit
-from jaxbp._verify_nn import verify_model
+from jaxbp.check._report import Report
+from jaxbp.check._verify_calls import _call, _call_batch, _jit
+from jaxbp.check._verify_nn import verify_model
 from jaxbp.nn._sequential import Sequential
-from jaxbp._tolerances import ROUNDOFF_FLOOR, ROUNDOFF_SAFETY, RTOL, roundoff_budget
+from jaxbp.core._tolerances import ROUNDOFF_FLOOR, ROUNDOFF_SAFETY, RTOL, roundoff_budget
 
 
 class _Reference(NamedTuple):
@@ -70,7 +70,7 @@ def verify(net: Network, params, X, Y, *, backprop: Optional[Callable] = None,
     """Checks a hand-written backprop against float64 ``jax.grad`` and localizes errors.
 
     A ``jaxbp.nn.Sequential`` model is checked module by module instead (its
-    backward is its modules' ``backward``): see ``jaxbp._verify_nn.verify_model``;
+    backward is its modules' ``backward``): see ``jaxbp.check._verify_nn.verify_model``;
     ``first_bad_layer`` then counts modules, ``report.module`` names the wrong one
     and ``suspect`` is "loss", "input", "param" or "nonfinite".
 
@@ -361,8 +361,8 @@ def _delta_suspect(ref, user, l):
 # ------------------------------------------------------------ third opinion
 
 def _with_finite_differences(report: Report, ref: _Reference, fn, batched) -> Report:
-    from jaxbp._finite_difference import finite_difference_grad
-    from jaxbp._tolerances import tree_relative_error
+    from jaxbp.check._finite_difference import finite_difference_grad
+    from jaxbp.core._tolerances import tree_relative_error
 
     net = ref.net
     with jax.enable_x64(True):

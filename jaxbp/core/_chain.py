@@ -53,8 +53,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import ArrayLike
 
-from jaxbp import _checks
-from jaxbp._network import _forward_trace
+from jaxbp.core import _checks
+from jaxbp.core._network import _forward_trace
 
 FACTOR_NAMES = ("loss", "activation", "link", "weight")
 

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp._compare import BackpropError, max_abs, row
-from jaxbp._report import Report
-from jaxbp._tolerances import roundoff_budget, rtol_for
+from jaxbp.check._compare import BackpropError, max_abs, row
+from jaxbp.check._report import Report
+from jaxbp.core._tolerances import roundoff_budget, rtol_for
 from jaxbp.nn._sequential import Sequential
 
 
@@ -47,7 +47,7 @@ class CheckedStep:
 
     A check costs one extra jitted program per checked step: your gradient and
     ``jax.grad`` of the mean batch loss in the params' dtype, compared per leaf
-    with the dtype's usual tolerance (``jaxbp._tolerances.RTOL``, 1e-4 for float32).
+    with the dtype's usual tolerance (``jaxbp.core._tolerances.RTOL``, 1e-4 for float32).
     Only when that flags a leaf (or NaN/inf) does ``jaxbp.verify(net, params, X, Y,
     backprop=grad, batched=True)`` run, outside jit: the float64 reference with the
     round-off budget decides, and names the first bad layer and the suspect.
@@ -86,7 +86,7 @@ class CheckedStep:
         errors = np.asarray(self._screen(params, X, Y))
         if np.all(errors <= rtol_for(dtype)):  # False for NaN
             return False
-        from jaxbp._verify import verify  # imported late: _verify pulls in jaxbp.nn
+        from jaxbp.check._verify import verify  # imported late: _verify pulls in jaxbp.nn
 
         if isinstance(self.net, Sequential):
             report = (verify(self.net, params, X, Y) if self.own_chain

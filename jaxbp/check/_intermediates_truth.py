@@ -25,8 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 
-from jaxbp._intermediates_report import LOSS_PATH
-from jaxbp._compare import max_abs as _max_abs
+from jaxbp.check._intermediates_report import LOSS_PATH
+from jaxbp.check._compare import max_abs as _max_abs
 
 # ------------------------------------------------------------------- the taps
 

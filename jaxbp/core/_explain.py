@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp import _chain
-from jaxbp._network import _forward_trace
-from jaxbp._tolerances import relative_error
+from jaxbp.core import _chain
+from jaxbp.core._network import _forward_trace
+from jaxbp.core._tolerances import relative_error
 
 FORMATS = ("text", "latex")
 

@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp._report import Report
-from jaxbp._tolerances import roundoff_budget
-from jaxbp._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
+from jaxbp.check._report import Report
+from jaxbp.core._tolerances import roundoff_budget
+from jaxbp.check._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
     row as _row
 from jaxbp.nn._compose import RESIDUAL_INNER, split_key
 from jaxbp.nn._module import Module

@@ -7,10 +7,10 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from jaxbp import _chain
-from jaxbp._cli_args import network_from_args
-from jaxbp._explain import explain
-from jaxbp._selftest import random_targets
+from jaxbp.core import _chain
+from jaxbp.cli._args import network_from_args
+from jaxbp.core._explain import explain
+from jaxbp.check._selftest import random_targets
 
 
 def add_parser(subparsers) -> None:

@@ -25,9 +25,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.x64:
         jax.config.update("jax_enable_x64", True)
-    from jaxbp._tolerances import relative_error, rtol_for
-    from jaxbp._cli_args import network_from_args
-    from jaxbp._selftest import random_targets
+    from jaxbp.core._tolerances import relative_error, rtol_for
+    from jaxbp.cli._args import network_from_args
+    from jaxbp.check._selftest import random_targets
 
     net = network_from_args(args)
     dtype = jnp.float64 if args.x64 else jnp.float32

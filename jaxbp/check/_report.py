@@ -18,8 +18,8 @@ import json
 import math
 from typing import Any, Optional
 
-from jaxbp import _report_view
-from jaxbp._report_view import fmt as _fmt
+from jaxbp.check import _report_view
+from jaxbp.check._report_view import fmt as _fmt
 
 SUSPECTS = ("loss", "activation", "link", "weight", "bias", "batch", "nonfinite", "backward",
             "input", "param")
@@ -168,7 +168,7 @@ class Report(JsonReport, _report_view.Viewable):
             module=self.module)
 
     def _view(self):
-        """The report in the views' row protocol (``jaxbp._report_view``)."""
+        """The report in the views' row protocol (``jaxbp.check._report_view``)."""
         unit = "module" if self.mode in ("model", "module") else "layer"
         rows = tuple(_report_view.ViewRow(
             label=(r.parameter if r.layer is None else f"{unit} {r.layer} {r.parameter}"),

@@ -108,9 +108,9 @@ def run(args: argparse.Namespace) -> int:
     import jax.numpy as jnp
 
     import jaxbp
-    from jaxbp._selftest import random_problem
-    from jaxbp._verify import BackpropError
-    from jaxbp._cli_args import network_from_args
+    from jaxbp.check._selftest import random_problem
+    from jaxbp.check._verify import BackpropError
+    from jaxbp.cli._args import network_from_args
 
     if args.batch < 1:
         raise ValueError(f"--batch: expected a positive number, got {args.batch}")
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"jaxbp verify: WRONG — {e}")
         return 1
     if args.html:
-        from jaxbp import _report_view
+        from jaxbp.check import _report_view
 
         _write_html(args.html, _report_view.page(report._view(),
                                                  title=f"jaxbp verify {args.target}"))
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _error_page(message: str, target: str) -> str:
     """A standalone page for a backprop that could not be compared (it raised)."""
-    from jaxbp import _report_view
+    from jaxbp.check import _report_view
 
     view = _report_view.View(False, f"jaxbp verify: WRONG — {message}", (), ())
     return _report_view.page(view, title=f"jaxbp verify {target}")
