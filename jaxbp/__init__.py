@@ -10,7 +10,7 @@ from jaxbp.check._finite_difference import finite_difference_grad
 from jaxbp.check._intermediates import check_intermediates, intermediates
 from jaxbp.check._intermediates_report import IntermediateRow, IntermediatesReport
 from jaxbp.check._mutants import MUTANTS, Mutant
-from jaxbp.check._report import Report, Row
+from jaxbp.check._report import Finding, Report, Row
 from jaxbp.check._verify import BackpropError, verify
 from jaxbp.check._verify_nn import check_module
 from jaxbp.check._vjp import check_vjp, custom_vjp
@@ -27,6 +27,7 @@ __all__ = [
     "CheckLog",
     "Dense",
     "Factor",
+    "Finding",
     "IntermediateRow",
     "IntermediatesReport",
     "LOSSES",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 from jaxbp.check import _report_view
 from jaxbp.check._report_view import fmt as _fmt
@@ -50,6 +50,24 @@ _MODULE_EXPLAIN = {
             "loss factor ∂L/∂a^L (fused with the last activation: (a − y)/N).",
     "nonfinite": "NaN or inf in the gradients returned by module {l} ({module}).",
 }
+
+
+class Finding(NamedTuple):
+    """One diagnosis: what kind of mistake explains the error, and where.
+
+    Attributes:
+      kind: one word from the fixed vocabulary (``jaxbp.check._diagnose.KINDS``),
+        e.g. "scale", "transpose", "masked", "time steps".
+      where: the label of the row it is about ("layer 2 W", "module 3 (LSTM) Wh",
+        "input x", "gate f", "t = 4").
+      detail: one sentence a person reads.
+      value: the number that goes with the kind (the scale c, the clip bound), or None.
+    """
+
+    kind: str
+    where: str
+    detail: str
+    value: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +110,8 @@ class JsonReport:
         """A JSON-ready dict (inf and NaN become the strings "inf", "nan")."""
         d = dataclasses.asdict(self)
         d["explanation"] = self.explanation()
+        if "diagnosis" in d:  # findings as objects, not bare lists
+            d["diagnosis"] = [dict(f._asdict()) for f in d["diagnosis"]]
         return _jsonable(d)
 
     def to_json(self, **kwargs) -> str:
@@ -126,6 +146,16 @@ class Report(JsonReport, _report_view.Viewable):
       module: for a ``jaxbp.nn`` model (mode "model") or ``check_module``
         (mode "module"), the name of the module at ``first_bad_layer``
         (``first_bad_layer`` then counts modules from 1 at the input).
+      first_bad: the first wrong row's label as a string ("layer 2 W",
+        "module 3 input", "x"); None when ok. Every report type has it.
+      time_step: for a sequence input (a recurrent module, or ``time_axis=``),
+        the latest time step t whose slice of the gradient is wrong; else None.
+      gate: for a parameter with gate blocks (LSTM i, f, o, g), the gates whose
+        blocks carry the error, most wrong first; () when none applies.
+      truth: where the reference came from: "jax" (float64 autodiff) or
+        "finite differences" (a NumPy forward that could not be traced).
+      diagnosis: what kind of mistake explains the error, a tuple of
+        ``Finding``, most telling first; () when nothing was diagnosed.
     """
 
     ok: bool
@@ -144,6 +174,19 @@ class Report(JsonReport, _report_view.Viewable):
     evidence: Any = None
     finite_difference: Any = None
     module: Optional[str] = None
+    first_bad: Optional[str] = None
+    time_step: Optional[int] = None
+    gate: tuple = ()
+    truth: str = "jax"
+    diagnosis: tuple = ()
+
+    def __post_init__(self):
+        if self.first_bad is None and not self.ok:
+            bad = next((r for r in self.rows if not r.ok), None)
+            if bad is not None:
+                unit = "module" if self.mode in ("model", "module") else "layer"
+                label = bad.parameter if bad.layer is None else f"{unit} {bad.layer} {bad.parameter}"
+                object.__setattr__(self, "first_bad", label)
 
     def __bool__(self) -> bool:
         """``if report:`` is ``if report.ok:``."""
@@ -181,8 +224,6 @@ class Report(JsonReport, _report_view.Viewable):
         verdict, details = _report_view.verdict_and_details(str(self), len(rows))
         return _report_view.View(self.ok, verdict, details, rows)
 
-
-
     def __str__(self) -> str:
         lines = []
         what = {"vjp": "jaxbp.check_vjp", "module": "jaxbp.check_module"}.get(self.mode,
@@ -209,6 +250,15 @@ class Report(JsonReport, _report_view.Viewable):
             lines.append(f"{layer:>6} {r.parameter:<12} {_fmt(r.max_abs_error):>11} "
                          f"{_fmt(r.max_rel_error):>11} {_fmt(r.budget):>9} {ex:>8}  "
                          f"{str(tuple(r.worst_entry)):<12} {status}")
+        if self.time_step is not None:
+            lines.append(f"  time step: t = {self.time_step} is the latest wrong step")
+        if self.gate:
+            lines.append(f"  gate: {', '.join(self.gate)} (most wrong first)")
+        if self.truth != "jax":
+            lines.append(f"  truth: {self.truth}")
+        for f in self.diagnosis:
+            value = "" if f.value is None else f" (value {_fmt(f.value)})"
+            lines.append(f"  diagnosis: {f.kind} at {f.where}: {f.detail}{value}")
         if self.finite_difference:
             fd = self.finite_difference
             lines.append(f"  finite differences: jax.grad vs FD {_fmt(fd['jax_grad_vs_fd'])}, "
