@@ -42,6 +42,16 @@ class Module(NamedTuple):
         (shaped like params). ``jaxbp.nn.hook_from_backward(backward, sq_norms)`` builds
         one. None: the module contributes 0 if it has no parameters, else the private
         methods refuse it (see ``jaxbp.nn._per_example``).
+      time_axis: optional, the axis of X (and of Y) that is time, for sequence modules
+        whose backward carries a gradient back through a state (1 for the recurrent
+        modules: X (B, T, D)). The verifier then reports which time step of ∂L/∂X is
+        wrong. None (the default): the module is not read as a sequence (convolutions,
+        pools, Linear on (B, T, ·) act on each position alone).
+      gates: optional, the names of k equal-width blocks side by side along the last
+        axis of the parameter leaves whose last axis is k·H (LSTM ("i", "f", "o", "g"):
+        Wx (D, 4H), Wh (H, 4H), b (4H,)). The verifier then names the gates whose
+        blocks are wrong. () (the default): no gates; leaves of another width are
+        compared whole.
 
     Example:
       >>> import jax.numpy as jnp
@@ -60,6 +70,8 @@ class Module(NamedTuple):
     forward: Callable[..., Any]
     backward: Callable[..., Any]
     per_example: Optional[Callable[..., Any]] = None
+    time_axis: Optional[int] = None
+    gates: tuple = ()
 
     def __repr__(self) -> str:
         return self.name
