@@ -22,7 +22,7 @@ from jaxbp.check import _report_view
 from jaxbp.check._report_view import fmt as _fmt
 
 SUSPECTS = ("loss", "activation", "link", "weight", "bias", "batch", "nonfinite", "backward",
-            "input", "param")
+            "input", "param", "second order", "structure")
 
 _EXPLAIN = {
     "loss": "∂L/∂z^{l} is wrong at the top layer: check the loss factor ∂L/∂a^L times the last "
@@ -40,6 +40,13 @@ _EXPLAIN = {
              "layer {l}): the batch gradient is the mean (1/B) Σ_b of the per-example ones.",
     "nonfinite": "NaN or inf in your gradient of layer {l}.",
     "backward": "the cotangent of primal {primal} is wrong.",
+    "second order": "your backward's values are right, but its own derivative is not (first "
+                    "wrong: {first}; jax.grad of jax.grad takes it through the layer): a term "
+                    "hidden from autodiff, e.g. behind jax.lax.stop_gradient or computed "
+                    "outside JAX.",
+    "structure": "every value is right, but the backward itself misbehaves at {first} (see "
+                 "the diagnosis): it changes what it was given, or a second call disagrees "
+                 "with the first, or it does not scale with the upstream gradient.",
     "input": "module {l} ({module}) received a right ∂L/∂output but returned a wrong ∂L/∂input: "
              "check its backward's local derivative (the input's factor).",
     "param": "module {l} ({module}) returned a right ∂L/∂input but wrong parameter gradients: "
@@ -128,7 +135,8 @@ class Report(JsonReport, _report_view.Viewable):
       first_bad_layer: the first layer in backprop order (L down to 1) whose
         gradients are wrong; None when ok (and for ``check_vjp``).
       suspect: None when ok, else one of "loss", "activation", "link", "weight",
-        "bias", "batch", "nonfinite" (``check_vjp``: "backward" or "nonfinite").
+        "bias", "batch", "nonfinite" (``check_vjp``: "backward", "nonfinite" or "second order"; "structure"
+        when every value is right but a structural finding fails the backward).
       rows: one ``Row`` per leaf, in backprop order.
       ambiguous: True when the evidence fits more than one suspect, or none
         well; ``candidates`` then lists them, most likely first.
@@ -208,7 +216,7 @@ class Report(JsonReport, _report_view.Viewable):
             table = {**_EXPLAIN, **_MODULE_EXPLAIN}
         return table[self.suspect].format(
             l=l, l1=(l or 0) + 1, lm1=(l or 1) - 1, act=act, primal=self.primal,
-            module=self.module)
+            module=self.module, first=self.first_bad)
 
     def _view(self):
         """The report in the views' row protocol (``jaxbp.check._report_view``)."""
@@ -231,7 +239,8 @@ class Report(JsonReport, _report_view.Viewable):
         if self.ok:
             lines.append(f"{what}: OK — every gradient agrees with the reference within budget")
         else:
-            where = (f"primal {self.primal}" if self.mode == "vjp"
+            where = (f"primal {self.primal}" if self.mode == "vjp" and self.primal is not None
+                     else self.first_bad if self.mode == "vjp"
                      else f"module {self.first_bad_layer} ({self.module})"
                      if self.mode in ("model", "module") else f"layer {self.first_bad_layer}")
             amb = (f" (ambiguous: {' or '.join(self.candidates)})" if self.ambiguous else "")

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp.check import _structural
+from jaxbp.check._diagnose import merge
 from jaxbp.check._report import Report
 from jaxbp.core._tolerances import roundoff_budget
 from jaxbp.check._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
@@ -241,7 +243,10 @@ def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
     Returns:
       A ``Report`` (mode "module"): rows "input" and each parameter leaf (the
       worst trial in ``worst_example``), ``first_bad_layer`` 1 when wrong,
-      ``suspect`` "input", "param" or "nonfinite".
+      ``suspect`` "input", "param", "nonfinite" or "structure" (every value
+      right, but two extra calls show the backward changing its params,
+      residuals or dY, disagreeing with itself, or not linear in dY: see
+      ``diagnosis``).
 
     Example:
       >>> import jax, jax.numpy as jnp, jaxbp
@@ -274,6 +279,7 @@ def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
         return vjp(dY)
 
     names = _leaf_names(params)
+    guard = _structural.Guard({"params": params, "residuals": residuals}, dYs[0], "dY")
     yours, own, truth = [], [], []
     for t, dY in enumerate(dYs):
         try:
@@ -317,9 +323,23 @@ def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
         rows.append(("param", _row(None, name, got, want,
                                    budget(observed, scale, max(scale, module_scale)),
                                    per_example=True)))
+    def call(dY):  # the backward's result as leaves in row order, for the structural checks
+        dp, dX = module.backward(params, residuals, dY)
+        return ([] if integer_input else [_np64(dX)]) + [_np64(v) for v in jax.tree.leaves(dp)]
+
+    first = ([] if integer_input else [yours[0][1]]) + yours[0][0]
+    findings = guard.check(call, first, [r.parameter for _, r in rows],
+                           [r.budget_abs for _, r in rows])
     common = dict(rows=tuple(r for _, r in rows), mode="module", dtype=dtype.name,
-                  batch_size=trials, network=module.name, module=module.name)
+                  batch_size=trials, network=module.name, module=module.name,
+                  diagnosis=merge(findings))
     bad = [(kind, r) for kind, r in rows if not r.ok]
+    failing = _structural.failing(findings)
+    if not bad and failing:
+        return Report(ok=False, first_bad_layer=1, suspect="structure", candidates=("structure",),
+                      first_bad=failing[0].where,
+                      notes=(f"every value agrees with jax.vjp, but {failing[0].kind} at "
+                             f"{failing[0].where}: {failing[0].detail}",), **common)
     if not bad:
         return Report(ok=True, first_bad_layer=None, suspect=None, **common)
     suspect = ("nonfinite" if any(r.nonfinite for _, r in bad)

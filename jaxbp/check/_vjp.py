@@ -18,7 +18,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp.check import _structural
+from jaxbp.check._diagnose import merge
 from jaxbp.check._report import Report
+from jaxbp.check._vjp_order2 import SUFFIX, order2_rows
 from jaxbp.core._tolerances import roundoff_budget
 from jaxbp.check._vjp_checking import checked_bwd, is_checking
 from jaxbp.check._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
@@ -59,12 +62,18 @@ def _as_cotangents(out, primals, what="backward"):
 
 def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax.Array] = None,
               trials: int = 3, rtol: Optional[float] = None,
-              atol: Optional[float] = None) -> Report:
+              atol: Optional[float] = None, order: int = 1) -> Report:
     """Checks ``backward`` against ``jax.vjp(forward)`` for random cotangents.
 
     For y = forward(*primals) and a cotangent dy of y's shape, the cotangent of
     primal i is dyᵀ ∂y/∂primal_i; your ``backward(*primals, dy)`` must return
     one per primal (a bare array is fine for one primal).
+
+    Two more calls test the backward as a function (``report.diagnosis``, see
+    ``jaxbp.check._structural``): doubling dy must double its result ("ignores
+    upstream"), a second call on the same inputs must repeat the first ("not
+    reentrant"), and it must not change what it was given ("mutates input").
+    Either of the last two makes ``ok`` False even when the values are right.
 
     Args:
       forward: (*primals) -> y (an array or pytree).
@@ -75,11 +84,18 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
       rtol: explicit relative budget (allowed = atol + rtol × scale) instead
         of the round-off-derived one.
       atol: explicit absolute budget (the same rule).
+      order: 2 also checks the derivative of your backward with respect to the
+        primals and dy (what ``jax.grad`` of ``jax.grad`` takes through a
+        ``custom_vjp`` layer) against float64 ``jax.vjp`` of ``jax.vjp(forward)``:
+        extra rows "<primal> (order 2)" and "dy (order 2)"; the backward must
+        then be written in JAX (traceable).
 
     Returns:
       A ``Report`` (mode "vjp"): one row per primal (per leaf for pytrees),
-      ``primal`` the first wrong one, ``suspect`` "backward" or "nonfinite";
-      ``worst_example`` is the trial (cotangent) index.
+      ``primal`` the first wrong one, ``suspect`` "backward", "nonfinite",
+      "second order" (values right, their derivative wrong) or "structure"
+      (values right, a finding of ``diagnosis`` wrong); ``worst_example`` is the
+      trial (cotangent) index.
 
     Example:
       >>> import jax.numpy as jnp, jaxbp
@@ -96,6 +112,8 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
         raise ValueError("primals: expected at least one array to differentiate at")
     if not isinstance(trials, int) or isinstance(trials, bool) or trials < 1:
         raise ValueError(f"trials: expected a positive int, got {trials!r}")
+    if order not in (1, 2) or isinstance(order, bool):
+        raise ValueError(f"order: expected 1 or 2, got {order!r}")
     rtol, atol = _check_tolerance("rtol", rtol), _check_tolerance("atol", atol)
     primals = _float_primals(primals)
     key = jax.random.key(0) if key is None else key
@@ -113,6 +131,8 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
         truth = [_leaves64(pullback64(jax.tree.map(lambda d: jnp.asarray(d, jnp.float64), dy)))
                  for dy in dys]
     own = [_leaves64(pullback(dy)) for dy in dys]  # jax.vjp in your dtype: the round-off
+    guard = _structural.Guard({"primals": primals}, dys[0], "dy")
+    template = jax.tree.map(lambda x: x, primals)  # new containers: what a backward changes
     yours = []
     for t, dy in enumerate(dys):
         try:
@@ -121,8 +141,8 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
             raise BackpropError(f"backward raised {type(e).__name__} on trial {t} (called as "
                                 f"backward(*primals, dy) with dy of shape "
                                 f"{jax.tree.map(jnp.shape, dy)}): {e}") from e
-        yours.append(_leaves64(_as_cotangents(out, primals)))
-    names = _leaf_names(primals)
+        yours.append(_leaves64(_as_cotangents(out, template)))
+    names = _leaf_names(template)
     rows = []
     for j, (i, name) in enumerate(names):
         want = np.stack([tr[j] for tr in truth])
@@ -132,11 +152,26 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
         budget = (roundoff_budget(observed, scale, dtype, 1) if rtol is None and atol is None
                   else (atol or 0.0) + (rtol or 0.0) * scale)
         rows.append(_row(None, name, got, want, budget, per_example=True))
+    index = [i for i, _ in names]  # each row's primal
+    findings = guard.check(lambda dy: _leaves64(_as_cotangents(backward(*primals, dy), template)),
+                           yours[0], [r.parameter for r in rows], [r.budget_abs for r in rows])
+    if order == 2:
+        second = order2_rows(forward, backward, primals, dys, jax.random.fold_in(key, 2), dtype,
+                             _as_cotangents, [name for _, name in names], rtol, atol)
+        rows += list(second)  # the primal leaves again, then dy's leaves (primal None)
+        index = index + index + [None] * (len(second) - len(index))
     common = dict(rows=tuple(rows), mode="vjp", dtype=dtype.name, batch_size=trials,
-                  network=getattr(forward, "__name__", repr(forward)))
-    bad = [(i, r) for (i, _), r in zip(names, rows) if not r.ok]
+                  network=getattr(forward, "__name__", repr(forward)), diagnosis=merge(findings))
+    bad = [(i, r) for i, r in zip(index, rows) if not r.ok]
     if not bad:
-        return Report(ok=True, first_bad_layer=None, suspect=None, **common)
+        return _structure_verdict(findings, common)
+    if all(r.parameter.endswith(SUFFIX) for _, r in bad) and not any(r.nonfinite for _, r in bad):
+        primal, row = bad[0]
+        note = (f"your backward's values are right, but its derivative is not: {row.parameter} "
+                f"worst entry {row.worst_entry} at trial {row.worst_example}, error "
+                f"{row.max_abs_error:.3g} (relative {row.max_rel_error:.3g})")
+        return Report(ok=False, first_bad_layer=None, suspect="second order", primal=primal,
+                      candidates=("second order",), notes=(note,), **common)
     primal, row = bad[0]
     suspect = "nonfinite" if any(r.nonfinite for _, r in bad) else "backward"
     if suspect == "nonfinite":
@@ -145,6 +180,19 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
             f"error {row.max_abs_error:.3g} (relative {row.max_rel_error:.3g})")
     return Report(ok=False, first_bad_layer=None, suspect=suspect, primal=primal,
                   candidates=(suspect,), notes=(note,), **common)
+
+
+def _structure_verdict(findings, common) -> Report:
+    """Every value within budget: ok, unless a structural finding says the backward is wrong."""
+    failing = _structural.failing(findings)
+    if not failing:
+        return Report(ok=True, first_bad_layer=None, suspect=None, **common)
+    where = failing[0].where
+    primal = int(where[len("primals["):where.index("]")]) if where.startswith("primals[") else None
+    return Report(ok=False, first_bad_layer=None, suspect="structure", primal=primal,
+                  candidates=("structure",), first_bad=where,
+                  notes=(f"every value agrees with the reference, but {failing[0].kind} at "
+                         f"{where}: {failing[0].detail}",), **common)
 
 
 def _leaves64(tree):
