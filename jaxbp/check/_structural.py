@@ -134,14 +134,12 @@ class Guard:
         dy_before = self.dy.changes()
         dy_again = _copy_tree(self.dy0)
         again_snapshot = _Snapshot(dy_again, self.dy_label)
+        again = doubled = error = None
         try:
             again = call(dy_again)
             doubled = call(jax.tree.map(lambda d: d * 2, _copy_tree(self.dy0)))
         except Exception as e:  # it ran before on these inputs: a second call must too
-            return (Finding("not reentrant", names[0] if names else self.dy_label,
-                            f"a later call of the backward on the same inputs raised "
-                            f"{type(e).__name__} ({e}) where the first call returned",
-                            None),)
+            error = e
         inputs_changed = before + [c for s in self.inputs for c in s.changes()]
         findings, seen = [], set()
         for label, change in inputs_changed + dy_before + again_snapshot.changes():
@@ -154,6 +152,12 @@ class Guard:
                 f"the backward changed {label} in place ({how}): the caller's next use of it, "
                 f"and the next call, see the changed values; work on a copy", change))
         if inputs_changed:  # later calls saw other inputs: reentrancy and linearity undecidable
+            return tuple(findings)
+        if error is not None:
+            findings.append(Finding(
+                "not reentrant", names[0] if names else self.dy_label,
+                f"a second call of the backward on the same inputs raised "
+                f"{type(error).__name__} ({error}) where the first call returned"))
             return tuple(findings)
         worst = None
         for name, a, b, budget in zip(names, again, first, budgets):
