@@ -20,6 +20,7 @@ import numpy as np
 
 from jaxbp.check import _structural
 from jaxbp.check._diagnose import merge
+from jaxbp.check import _diagnose_reports
 from jaxbp.check._report import Report
 from jaxbp.check._vjp_order2 import SUFFIX, order2_rows
 from jaxbp.core._tolerances import roundoff_budget
@@ -143,7 +144,7 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
                                 f"{jax.tree.map(jnp.shape, dy)}): {e}") from e
         yours.append(_leaves64(_as_cotangents(out, template)))
     names = _leaf_names(template)
-    rows = []
+    rows, arrays = [], []  # arrays: (yours, truth) per row, for the diagnosis
     for j, (i, name) in enumerate(names):
         want = np.stack([tr[j] for tr in truth])
         got = np.stack([yo[j] for yo in yours])
@@ -152,6 +153,7 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
         budget = (roundoff_budget(observed, scale, dtype, 1) if rtol is None and atol is None
                   else (atol or 0.0) + (rtol or 0.0) * scale)
         rows.append(_row(None, name, got, want, budget, per_example=True))
+        arrays.append((got, want))
     index = [i for i, _ in names]  # each row's primal
     findings = guard.check(lambda dy: _leaves64(_as_cotangents(backward(*primals, dy), template)),
                            yours[0], [r.parameter for r in rows], [r.budget_abs for r in rows])
@@ -178,8 +180,9 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
         primal, row = next((i, r) for i, r in bad if r.nonfinite)
     note = (f"{row.parameter}: worst entry {row.worst_entry} at trial {row.worst_example}, "
             f"error {row.max_abs_error:.3g} (relative {row.max_rel_error:.3g})")
-    return Report(ok=False, first_bad_layer=None, suspect=suspect, primal=primal,
-                  candidates=(suspect,), notes=(note,), **common)
+    report = Report(ok=False, first_bad_layer=None, suspect=suspect, primal=primal,
+                    candidates=(suspect,), notes=(note,), **common)
+    return _diagnose_reports.for_vjp(report, forward, primals, dys, arrays)
 
 
 def _structure_verdict(findings, common) -> Report:
@@ -214,6 +217,16 @@ def custom_vjp(forward: Callable, backward: Callable, *, name: Optional[str] = N
     Inside ``with jaxbp.checking() as log:`` every call of ``backward`` is also
     compared with ``jax.vjp(forward)`` at the same primals and cotangent (see
     ``jaxbp.checking``); outside it the layer is the plain ``jax.custom_vjp``.
+
+    Higher derivatives. With a backward written in JAX, reverse-over-reverse
+    (``jax.jacrev(jax.grad(loss))``, ``jax.grad(jax.grad(...))``) and
+    forward-over-reverse (``jax.hessian``, ``jax.jacfwd(jax.grad(loss))``)
+    differentiate your backward as ordinary JAX code: check that derivative with
+    ``check_vjp(..., order=2)``. Forward mode applied to the layer directly
+    (``jax.jvp``, ``jax.jacfwd`` or ``jax.linearize`` of ``loss`` itself, not of
+    its gradient) is refused by JAX: a ``custom_vjp`` function has no JVP rule.
+    Use ``jax.jacrev`` there, or ``jax.custom_jvp`` for a layer that needs
+    forward mode.
 
     Args:
       forward: (*primals) -> y.
