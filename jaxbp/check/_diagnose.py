@@ -32,6 +32,12 @@ One example of each kind:
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional
+
+import numpy as np
+
+from jaxbp.check import _diagnose_fits as _fits
 from jaxbp.check._report import Finding
 
 KINDS = ("scale", "sign", "transpose", "flipped", "masked", "repeated ids", "ties", "border",
@@ -81,4 +87,112 @@ def merge(*groups) -> tuple:
             if key not in seen:
                 seen.add(key)
                 out.append(f)
-    return tuple(sorted(out, key=lambda f: _RANK[f.kind]))
+    clipped = {f.where for f in out if f.kind == "clipped"}  # a clip explains the nonlinearity
+
+    def rank(f):
+        if f.where in clipped and f.kind in ("clipped", "ignores upstream"):
+            return (-1, f.kind != "clipped")
+        return (_RANK[f.kind], False)
+    return tuple(sorted(out, key=rank))
+
+
+class RowData(NamedTuple):
+    """One wrong row as the fits see it.
+
+    Attributes:
+      where: the row's label ("layer 2 W", "module 3 input", "primals[0]").
+      yours, truth: float64 arrays of one shape, (trials or examples, *leaf shape).
+      budget: the row's absolute budget.
+      leaf: the index of the row's leaf among the structure's leaves, or None.
+    """
+
+    where: str
+    yours: Any
+    truth: Any
+    budget: float
+    leaf: Optional[int] = None
+
+
+def diagnose(rows, *, structure: Optional[Callable] = None, upstream=None, sizes=None,
+             batch_size=None) -> tuple:
+    """The findings for the wrong rows of one check, most telling first.
+
+    The plain numeric fits run first; only rows they leave unexplained ("other") pay for
+    the forward's structure: its regions first, then (for rows still unexplained) the
+    truth without each consumer edge.
+
+    Args:
+      rows: ``RowData`` of the rows that failed.
+      structure: ("regions") -> tuple of ``Region``, ("missing") -> tuple of (edge,
+        per-leaf truth without it), from ``_diagnose_jaxpr``; None when the forward is
+        not at hand.
+      upstream: the output cotangents stacked over trials, for reduction fits.
+      sizes: named sizes a scale may match ({"B": 8, "T": 5}).
+      batch_size: for batch-mean rows: B (a scale of B or 1/B is a reduction).
+
+    Returns:
+      A tuple of ``Finding``.
+    """
+    found = {}
+    for r in rows:
+        found[r.where] = _fits.fit_row(r.where, r.yours, r.truth, r.budget, upstream=upstream,
+                                       sizes=sizes, batch_size=batch_size)
+    def unexplained():
+        return [r for r in rows if r.leaf is not None and found[r.where]
+                and found[r.where][0].kind == "other"]
+
+    for part in ("regions", "missing"):  # the costlier reading only where still needed
+        todo = unexplained() if structure is not None else []
+        if not todo:
+            break
+        try:
+            got = structure(part)
+        except Exception as e:  # the structure is a bonus: an unreadable forward stays "other"
+            note = f" (the forward's structure could not be read: {type(e).__name__})"
+            for r in todo:
+                f = found[r.where][0]
+                found[r.where] = (f._replace(detail=f.detail + note),)
+            break
+        for r in todo:
+            regions = [(g.kind, g.site, g.masks[r.leaf],
+                        None if g.groups is None else g.groups[r.leaf])
+                       for g in (got if part == "regions" else ()) if g.masks[r.leaf].any()]
+            missing = [(edge, np.reshape(by_leaf[r.leaf], np.shape(r.truth)))
+                       for edge, by_leaf in (got if part == "missing" else ())
+                       if by_leaf[r.leaf] is not None
+                       and np.size(by_leaf[r.leaf]) == np.size(r.truth)]
+            if regions or missing:
+                found[r.where] = _fits.fit_row(r.where, r.yours, r.truth, r.budget,
+                                               regions=regions, missing=missing,
+                                               upstream=upstream, sizes=sizes,
+                                               batch_size=batch_size)
+    return merge(*found.values())
+
+
+def row_label(mode: str, row) -> str:
+    """A report row's label, as ``Report.first_bad`` spells it."""
+    if row.layer is None:
+        return row.parameter
+    return f"{'module' if mode in ('model', 'module') else 'layer'} {row.layer} {row.parameter}"
+
+
+def settle(report, findings):
+    """``report`` with its diagnosis; wrong only at kinks (valid subgradients): ``ok``.
+
+    Every wrong row explained by a "kink" finding becomes ok; when no wrong row is left,
+    the report is ok (this is on purpose: a valid subgradient is not a mistake).
+    """
+    findings = merge(report.diagnosis, findings)
+    kinks = {f.where for f in findings if f.kind == "kink"}
+    if not kinks:
+        return dataclasses.replace(report, diagnosis=tuple(findings))
+    rows = tuple(dataclasses.replace(r, ok=True) if not r.ok and row_label(report.mode, r)
+                 in kinks else r for r in report.rows)
+    note = ("the only disagreement is at kinks of the forward (ReLU at 0, ties in a max), "
+            "where yours is a valid subgradient: ok")
+    if any(not r.ok for r in rows):
+        return dataclasses.replace(report, rows=rows, diagnosis=tuple(findings))
+    return dataclasses.replace(report, ok=True, rows=rows, first_bad_layer=None, suspect=None,
+                               ambiguous=False, candidates=(), primal=None,
+                               first_bad=None, diagnosis=tuple(findings),
+                               notes=(note,) + tuple(report.notes))

@@ -33,6 +33,7 @@ import numpy as np
 
 from jaxbp.check import _structural
 from jaxbp.check._diagnose import merge
+from jaxbp.check import _diagnose_reports
 from jaxbp.check._report import Report
 from jaxbp.core._tolerances import roundoff_budget
 from jaxbp.check._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
@@ -305,7 +306,7 @@ def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
             return roundoff_budget(observed, floor_scale, dtype, 1)
         return (atol or 0.0) + (rtol or 0.0) * scale
 
-    rows = []
+    rows, arrays = [], []
     if not integer_input:
         want = np.stack([t[1] for t in truth])
         got = np.stack([y[1] for y in yours])
@@ -313,6 +314,7 @@ def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
         rows.append(("input", _row(None, "input", got, want,
                                    budget(observed, _max_abs(want), _max_abs(want)),
                                    per_example=True)))
+        arrays.append((got, want))
     module_scale = max([_max_abs(np.stack([t[0][j] for t in truth])) for j in range(len(names))]
                        + [0.0])
     for j, name in enumerate(names):
@@ -323,6 +325,7 @@ def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
         rows.append(("param", _row(None, name, got, want,
                                    budget(observed, scale, max(scale, module_scale)),
                                    per_example=True)))
+        arrays.append((got, want))
     def call(dY):  # the backward's result as leaves in row order, for the structural checks
         dp, dX = module.backward(params, residuals, dY)
         return ([] if integer_input else [_np64(dX)]) + [_np64(v) for v in jax.tree.leaves(dp)]
@@ -347,5 +350,6 @@ def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
     r = bad[0][1]
     note = (f"{r.parameter}: worst entry {r.worst_entry} at trial {r.worst_example}, error "
             f"{r.max_abs_error:.3g} (relative {r.max_rel_error:.3g})")
-    return Report(ok=False, first_bad_layer=1, suspect=suspect, candidates=(suspect,),
-                  notes=(note,), **common)
+    report = Report(ok=False, first_bad_layer=1, suspect=suspect, candidates=(suspect,),
+                    notes=(note,), **common)
+    return _diagnose_reports.for_module(report, module, params, X, key, dYs, arrays, names)
