@@ -88,7 +88,7 @@ def assert_vjp(forward: Callable, backward: Callable, *primals, **kwargs):
       backward: (*primals, dy) -> one cotangent per primal.
       *primals: the point to check at.
       **kwargs: passed to ``jaxbp.check_vjp`` (``key=``, ``trials=``,
-        ``rtol=``, ``atol=``).
+        ``rtol=``, ``atol=``, ``order=2`` to check the backward's own derivative).
 
     Returns:
       The ``jaxbp.Report`` (mode "vjp"), when every cotangent is within budget.
