@@ -15,6 +15,9 @@ from jaxbp.nn._embedding import Embedding, EmbeddingTable
 from jaxbp.nn._dropout import Dropout
 from jaxbp.nn._attention import Attention, SelfAttention
 from jaxbp.nn._compose import Residual
+from jaxbp.nn._recurrent import GRUParams, RNN, Recurrent
+from jaxbp.nn._lstm import LSTM
+from jaxbp.nn._gru import GRU
 from jaxbp.nn._per_example import PerExample, hook_from_backward
 from jaxbp.nn._sequential import Sequential
 from jaxbp.nn._models import digits_cnn, mlp, transformer_block
@@ -30,6 +33,9 @@ __all__ = [
     "Embedding",
     "EmbeddingTable",
     "Flatten",
+    "GRU",
+    "GRUParams",
+    "LSTM",
     "LayerNorm",
     "Linear",
     "MaxPool2D",
@@ -37,6 +43,8 @@ __all__ = [
     "Norm",
     "NormResiduals",
     "PerExample",
+    "RNN",
+    "Recurrent",
     "Residual",
     "SelfAttention",
     "Sequential",
