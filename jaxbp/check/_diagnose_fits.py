@@ -228,7 +228,7 @@ def shape_kind(got: tuple, want: tuple) -> str:
     if got == want:
         return ""
     if len(got) == len(want) and sorted(got) == sorted(want):
-        return " (transpose: yours has the axes of its transpose)"
+        return " (transpose: it looks transposed, the truth's axes permuted)"
     if math.prod(got) == math.prod(want):
         return " (transpose or reshape: the same entries in another shape)"
     squeezed = tuple(s for s in got if s != 1)

@@ -7,6 +7,8 @@ Nothing here runs unless a row failed.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,3 +80,107 @@ def for_module(report, module, params, X, key, cotangents, arrays, names):
     findings = _diagnose.diagnose(rows, structure=_structure(fn, leaves, cotangents),
                                   upstream=_upstream(cotangents), sizes=_sizes(np.shape(X)))
     return _diagnose.settle(report, findings)
+
+
+def for_model(report, model, params, X, key, i, arrays, x_truth):
+    """``verify(model)``: the first wrong module i, at its input from this batch.
+
+    Every module above i is right, so module i received the true ∂L/∂output: its rows
+    are diagnosed as ``check_module`` would, with that one cotangent as the upstream.
+    """
+    from jaxbp.nn._compose import split_key
+
+    n = len(model.modules)
+    module = model.modules[i - 1]
+    keys = split_key(key, n - 1 if model.fused else n) + (None,)
+    A = X
+    for m, p, k in zip(model.modules[:i - 1], params[:i - 1], keys):
+        A, _ = m.forward(p, A, k)
+    p_flat, tree = jax.tree.flatten(params[i - 1])
+    floating = jnp.issubdtype(A.dtype, jnp.floating)
+    top = i == n  # its upstream is the loss's gradient, not a module's input gradient
+
+    def fn(*leaves):
+        x = leaves[-1] if floating else A
+        return module.forward(jax.tree.unflatten(tree, list(leaves[:len(p_flat)])), x,
+                              keys[i - 1])[0]
+
+    leaves = list(p_flat) + ([A] if floating else [])
+    names = [jax.tree_util.keystr(path).lstrip(".") or "params"
+             for path, _ in jax.tree_util.tree_flatten_with_path(params[i - 1])[0]]
+    index = {name: j for j, name in enumerate(names)}
+    index["input"] = len(p_flat) if floating else None
+    rows = [_diagnose.RowData(_diagnose.row_label(report.mode, r), arrays[i, r.parameter][0][None],
+                              arrays[i, r.parameter][1][None], r.budget_abs,
+                              None if top else index.get(r.parameter))
+            for r in report.rows if r.layer == i and not r.ok and (i, r.parameter) in arrays]
+    upstream = None if top or x_truth[i] is None else [x_truth[i]]
+    findings = _diagnose.diagnose(
+        rows, structure=None if upstream is None else _structure(fn, leaves, upstream),
+        upstream=None if upstream is None else np.asarray(upstream[0])[None],
+        sizes=_sizes(np.shape(X)))
+    return _diagnose.settle(report, findings)
+
+
+def for_network(report, user, ref, *, batch_mean: bool):
+    """``verify(net)``: per-example rows (B, m, n) against the per-example truth, or the
+    batch means (a scale of B or 1/B there is the batch reduction)."""
+    if report.ok or user is None:
+        return report
+    rows = []
+    for r in report.rows:
+        if r.ok:
+            continue
+        k = 0 if r.parameter == "W" else 1
+        truth = ref.grads[r.layer - 1][k]
+        yours = user[r.layer - 1][k]
+        if batch_mean:
+            truth, yours = truth.mean(axis=0)[None], np.asarray(yours)[None]
+        rows.append(_diagnose.RowData(_diagnose.row_label(report.mode, r), yours, truth,
+                                      r.budget_abs, 2 * (r.layer - 1) + k))
+    from jaxbp.core._dense import Dense
+
+    net = ref.net
+    B = int(ref.X.shape[0])
+
+    def per_example(*leaves):  # each example its own copy of the params: per-example regions
+        params = tuple(Dense(leaves[2 * l], leaves[2 * l + 1]) for l in range(net.num_layers))
+        return jnp.sum(jax.vmap(net.loss)(params, ref.X, ref.Y))
+
+    stacked = [np.broadcast_to(p, (B,) + np.shape(p)) for W, W0 in ref.params64 for p in (W, W0)]
+    structure = None if batch_mean else _structure(per_example, stacked, [np.float64(1.0)])
+    findings = _diagnose.diagnose(rows, structure=structure, sizes={"B": B},
+                                  batch_size=B if batch_mean else None)
+    return _diagnose.settle(report, findings)
+
+
+def for_intermediates(report, got, want):
+    """``check_intermediates``: its own suspects as findings ("missing path" is "missing
+    term", "scale" is "scale" or "sign"); "local derivative" goes through the fits."""
+    from jaxbp.check._diagnose_fits import ratio, shape_kind
+    from jaxbp.check._report import Finding
+
+    u = report.first_bad
+    row = report.row(u)
+    where = f"d{u}"
+    if report.suspect == "missing path":
+        found = (Finding("missing term", where, f"yours lacks the gradient that flows back "
+                         f"through {', '.join(report.missing)} (a forgotten +=)"),)
+    elif report.suspect == "scale":
+        c = report.scale
+        found = ((Finding("sign", where, "yours is −1 × the truth: a lost minus sign", c),)
+                 if abs(c + 1) <= 1e-6 else
+                 (Finding("scale", where, f"yours is {ratio(c)} × the truth", c),))
+    elif report.suspect == "shape":
+        hint = shape_kind(row.given_shape, row.shape)
+        kind = next((k for k in ("transpose", "reduction", "broadcasting") if k in hint), None)
+        kind = "reduction" if kind == "broadcasting" else kind
+        found = (Finding(kind or "other", where, f"shape {row.given_shape} where {row.shape} "
+                         f"is due{hint}"),)
+    elif report.suspect == "nonfinite":
+        found = (Finding("other", where, "yours holds NaN or inf, which no kind explains"),)
+    else:
+        want = np.asarray(want, np.float64)
+        found = _diagnose.merge(_diagnose._fits.fit_row(
+            where, np.asarray(got, np.float64)[None], want[None], row.budget_abs))
+    return dataclasses.replace(report, diagnosis=_diagnose.merge(found))

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp.core._checks import is_concrete
+from jaxbp.check import _diagnose_reports
 from jaxbp.check._intermediates_report import IntermediateRow, IntermediatesReport
 from jaxbp.check._intermediates_truth import Tap, Truth, discover, forward_loss, observed_roundoff
 from jaxbp.core._tolerances import ROUNDOFF_FLOOR, roundoff_budget
@@ -302,7 +303,8 @@ def _judge(truth: Truth, user, rows, notes, explicit) -> IntermediatesReport:
                         f"given, so the error may have entered there or above")
     base = dict(first_bad=u, consumers=consumers, **common)
     if row.status in ("shape", "nonfinite"):
-        return IntermediatesReport(ok=False, suspect=row.status, notes=tuple(notes), **base)
+        return _diagnose_reports.for_intermediates(IntermediatesReport(
+            ok=False, suspect=row.status, notes=tuple(notes), **base), None, None)
     got = user[u].astype(np.float64)
     want = truth.truth[u]
     tol = 2 * row.budget_abs + 1e-3 * row.max_abs_error
@@ -314,16 +316,19 @@ def _judge(truth: Truth, user, rows, notes, explicit) -> IntermediatesReport:
     if missing is not None and misfit <= tol:
         if scale_misfit <= tol and c is not None and abs(c) > 1e-2:
             notes.insert(0, f"d{u} is also {c:.6g} × the true gradient")
-        return IntermediatesReport(ok=False, suspect="missing path", missing=missing,
-                                   evidence=evidence, notes=tuple(notes), **base)
+        return _diagnose_reports.for_intermediates(IntermediatesReport(
+            ok=False, suspect="missing path", missing=missing, evidence=evidence,
+            notes=tuple(notes), **base), got, want)
     if c is not None and scale_misfit <= tol and abs(c - 1) > 1e-6:
         if np.count_nonzero(want) == 1:
             notes.insert(0, f"d{u} has one nonzero entry, so any error in it is a constant "
                             f"multiple: 'scale' cannot be told from 'local derivative' here")
-        return IntermediatesReport(ok=False, suspect="scale", scale=c, evidence=evidence,
-                                   notes=tuple(notes), **base)
-    return IntermediatesReport(ok=False, suspect="local derivative", evidence=evidence,
-                               notes=tuple(notes), **base)
+        return _diagnose_reports.for_intermediates(IntermediatesReport(
+            ok=False, suspect="scale", scale=c, evidence=evidence, notes=tuple(notes),
+            **base), got, want)
+    return _diagnose_reports.for_intermediates(IntermediatesReport(
+        ok=False, suspect="local derivative", evidence=evidence, notes=tuple(notes), **base),
+        got, want)
 
 
 def _missing_path(got, want, paths, tol):

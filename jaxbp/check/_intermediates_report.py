@@ -86,6 +86,9 @@ class IntermediatesReport(JsonReport, _report_view.Viewable):
       loss: the loss in float64.
       notes: budgets, consumers not given, fits that also matched.
       evidence: the numbers behind the suspect (misfit of each tested fit).
+      diagnosis: what kind of mistake explains the error, a tuple of ``Finding``
+        (``jaxbp.check._diagnose.KINDS``): "missing path" is reported as "missing
+        term", "scale" as "scale" (or "sign"); () when ok.
     """
 
     ok: bool
@@ -98,6 +101,7 @@ class IntermediatesReport(JsonReport, _report_view.Viewable):
     loss: float = 0.0
     notes: tuple = ()
     evidence: Optional[dict] = None
+    diagnosis: tuple = ()
 
     def __bool__(self) -> bool:
         """``if report:`` is ``if report.ok:``."""
@@ -175,6 +179,9 @@ class IntermediatesReport(JsonReport, _report_view.Viewable):
             lines.append(f"{r.name:<{width}} {str(r.shape):<{shape_width}} "
                          f"{_fmt(r.max_abs_error):>11} {_fmt(r.max_rel_error):>11} "
                          f"{_fmt(r.budget):>9}  {index:<{index_width}} {status}")
+        for f in self.diagnosis:
+            value = "" if f.value is None else f" (value {_fmt(f.value)})"
+            lines.append(f"  diagnosis: {f.kind} at {f.where}: {f.detail}{value}")
         for note in self.notes:
             lines.append(f"  note: {note}")
         return "\n".join(lines)

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp.check import _layouts, _localize
+from jaxbp.check import _diagnose_reports, _layouts, _localize
 from jaxbp.core._network import Network, _forward_trace, _per_example_grads
 from jaxbp.check._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
     row as _row
@@ -262,12 +262,12 @@ def check_against(ref: _Reference, fn: Callable, *, batched: bool = False, rtol=
     except BackpropError as e:
         notes = [f"your function fails on a batch of one example, so the batch reduction "
                  f"cannot be right: {e}"]
-        return _judge(ref, None, rows_mean, notes, dtypes, "batch", rtol, atol, force="batch")
+        return _judge(ref, user_mean, rows_mean, notes, dtypes, "batch", rtol, atol, force="batch")
     rows = _rows(ref, user, truth, ref.roundoff, rtol, atol, per_example=True)
     if all(r.ok for r in rows):
         notes.append("called on one example at a time your function is right for every "
                      "example; only the reduction over the batch is wrong")
-        return _judge(ref, None, rows_mean, notes, dtypes, "batch", rtol, atol, force="batch")
+        return _judge(ref, user_mean, rows_mean, notes, dtypes, "batch", rtol, atol, force="batch")
     notes.append("your batch gradient is wrong and so is each example's (your function on "
                  "batches of one): the rows compare those per-example gradients")
     return _judge(ref, user, rows, notes, dtypes, "per-example", rtol, atol)
@@ -293,12 +293,14 @@ def _judge(ref, user, rows, notes, dtypes, mode, rtol, atol, force=None) -> Repo
                       candidates=("nonfinite",), notes=tuple(notes), **common)
     layer = max(r.layer for r in rows if not r.ok)
     if force is not None:
-        return Report(ok=False, first_bad_layer=layer, suspect=force, candidates=(force,),
-                      notes=tuple(notes), **common)
+        report = Report(ok=False, first_bad_layer=layer, suspect=force, candidates=(force,),
+                        notes=tuple(notes), **common)
+        return _diagnose_reports.for_network(report, user, ref, batch_mean=True)
     suspect, ambiguous, candidates, more, evidence = _suspect(ref, user, rows, layer)
-    return Report(ok=False, first_bad_layer=layer, suspect=suspect, ambiguous=ambiguous,
-                  candidates=tuple(candidates), notes=tuple(more + notes), evidence=evidence,
-                  **common)
+    report = Report(ok=False, first_bad_layer=layer, suspect=suspect, ambiguous=ambiguous,
+                    candidates=tuple(candidates), notes=tuple(more + notes), evidence=evidence,
+                    **common)
+    return _diagnose_reports.for_network(report, user, ref, batch_mean=False)
 
 
 def _suspect(ref, user, rows, l):

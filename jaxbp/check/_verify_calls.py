@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxbp.check._diagnose_fits import shape_kind
 from jaxbp.check._compare import BackpropError
 from jaxbp.core._network import Network
 
@@ -66,9 +67,9 @@ def _as_layers(out, net: Network, lead: tuple, what: str):
                                     f"expected a float dtype like params")
             got = arr.shape[len(lead):] if arr.shape[:len(lead)] == lead else arr.shape
             if arr.shape != lead + want:
-                hint = " (it looks transposed)" if got == want[::-1] and len(want) == 2 else ""
+                hint = shape_kind(got, want)
                 if name == "W0" and len(got) != 1:
-                    hint = " (a bias gradient of the wrong rank)"
+                    hint = " (reduction or broadcasting: a bias gradient of the wrong rank)"
                 raise BackpropError(
                     f"{what}: layer {l} {name} has shape {got}; expected {want} like "
                     f"params[{l - 1}].{name} (W is (inputs, outputs) = (m^{l}, n^{l})){hint}")

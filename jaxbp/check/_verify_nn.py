@@ -34,6 +34,7 @@ import numpy as np
 from jaxbp.check import _structural
 from jaxbp.check._diagnose import merge
 from jaxbp.check import _diagnose_reports
+from jaxbp.check._diagnose_fits import shape_kind
 from jaxbp.check._report import Report
 from jaxbp.core._tolerances import roundoff_budget
 from jaxbp.check._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
@@ -141,7 +142,7 @@ def verify_model(model: Sequential, params, X, Y, *, key: Optional[jax.Array] = 
             return roundoff_budget(observed, floor_scale, dtype, n)
         return (atol or 0.0) + (rtol or 0.0) * scale
 
-    rows, verdicts = [], []
+    rows, verdicts, arrays = [], [], {}  # arrays: (module, name) -> (yours, truth)
     for i in range(n, 0, -1):
         module_rows = []
         if x_truth[i - 1] is not None:
@@ -151,6 +152,7 @@ def verify_model(model: Sequential, params, X, Y, *, key: Optional[jax.Array] = 
             module_rows.append(("input", _row(i, "input", got, want,
                                               budget(observed, scale, scale),
                                               per_example=False)))
+            arrays[i, "input"] = (got, want)
         if not (model.fused and i == n):
             wants = jax.tree.leaves(p_truth[i - 1])
             gots = [_np64(g) for g in jax.tree.leaves(grads[i - 1])]
@@ -162,6 +164,7 @@ def verify_model(model: Sequential, params, X, Y, *, key: Optional[jax.Array] = 
                                                   budget(_max_abs(own - want), scale,
                                                          max(scale, module_scale)),
                                                   per_example=False)))
+                arrays[i, name] = (got, want)
         rows.extend(r for _, r in module_rows)
         verdicts.append((i, module_rows))
     common = dict(rows=tuple(rows), mode="model", dtype=dtype.name,
@@ -184,8 +187,10 @@ def verify_model(model: Sequential, params, X, Y, *, key: Optional[jax.Array] = 
                 f"(relative {worst.max_rel_error:.3g}, budget {worst.budget:.3g}) at entry "
                 f"{worst.worst_entry}")
         notes = (note,) + _inside_residual(model, params, X, key, i, suspect)
-        return Report(ok=False, first_bad_layer=i, suspect=suspect, candidates=(suspect,),
-                      notes=notes + (_budget_note(dtype, n, rtol, atol),), module=name, **common)
+        report = Report(ok=False, first_bad_layer=i, suspect=suspect, candidates=(suspect,),
+                        notes=notes + (_budget_note(dtype, n, rtol, atol),), module=name,
+                        **common)
+        return _diagnose_reports.for_model(report, model, params, X, key, i, arrays, x_truth)
     return Report(ok=True, first_bad_layer=None, suspect=None,
                   notes=(_budget_note(dtype, n, rtol, atol),), **common)
 
@@ -213,6 +218,16 @@ def _inside_residual(model, params, X, key, i, suspect) -> tuple:
                     f"fails jaxbp.check_module on its input from this batch, suspect "
                     f"{report.suspect!r}",)
     return ()
+
+
+def _shape_hint(message: str) -> str:
+    """The kind a "shape (…); expected (…)" message suggests (transpose, reduction, …)."""
+    import re
+    found = re.search(r"shape (\([\d, ]*\)); expected (\([\d, ]*\))", message)
+    if not found:
+        return ""
+    got, want = (tuple(int(v) for v in re.findall(r"\d+", g)) for g in found.groups())
+    return shape_kind(got, want)
 
 
 def _budget_note(dtype, n, rtol, atol) -> str:
@@ -292,7 +307,7 @@ def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
         try:
             check_backward(module, module.name, params, dp, X, dX)
         except ValueError as e:
-            raise BackpropError(str(e)) from e
+            raise BackpropError(str(e) + _shape_hint(str(e))) from e
         yours.append(([_np64(v) for v in jax.tree.leaves(dp)], _np64(dX)))
         p_own, x_own = pullback(params, X, dY)
         own.append(([_np64(v) for v in jax.tree.leaves(p_own)], _np64(x_own)))

@@ -21,6 +21,7 @@ import numpy as np
 from jaxbp.check import _structural
 from jaxbp.check._diagnose import merge
 from jaxbp.check import _diagnose_reports
+from jaxbp.check._diagnose_fits import shape_kind
 from jaxbp.check._report import Report
 from jaxbp.check._vjp_order2 import SUFFIX, order2_rows
 from jaxbp.core._tolerances import roundoff_budget
@@ -56,7 +57,8 @@ def _as_cotangents(out, primals, what="backward"):
         for leaf_ct, leaf_p in zip(jax.tree.leaves(ct), jax.tree.leaves(p)):
             if jnp.shape(leaf_ct) != jnp.shape(leaf_p):
                 raise BackpropError(f"{what}: cotangent {i} has shape {jnp.shape(leaf_ct)}; "
-                                    f"expected {jnp.shape(leaf_p)} like primals[{i}]")
+                                    f"expected {jnp.shape(leaf_p)} like primals[{i}]"
+                                    + shape_kind(jnp.shape(leaf_ct), jnp.shape(leaf_p)))
         result.append(ct)
     return tuple(result)
 
