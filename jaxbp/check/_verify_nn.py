@@ -34,6 +34,7 @@ import numpy as np
 from jaxbp.check import _structural
 from jaxbp.check._diagnose import merge
 from jaxbp.check import _diagnose_reports
+from jaxbp.check import _verify_sequence
 from jaxbp.check._diagnose_fits import shape_kind
 from jaxbp.check._report import Report
 from jaxbp.core._tolerances import roundoff_budget
@@ -190,7 +191,9 @@ def verify_model(model: Sequential, params, X, Y, *, key: Optional[jax.Array] = 
         report = Report(ok=False, first_bad_layer=i, suspect=suspect, candidates=(suspect,),
                         notes=notes + (_budget_note(dtype, n, rtol, atol),), module=name,
                         **common)
-        return _diagnose_reports.for_model(report, model, params, X, key, i, arrays, x_truth)
+        report = _diagnose_reports.for_model(report, model, params, X, key, i, arrays, x_truth)
+        return _verify_sequence.for_model(report, model, params, X, key, i,
+                                          {r: v for (j, r), v in arrays.items() if j == i})
     return Report(ok=True, first_bad_layer=None, suspect=None,
                   notes=(_budget_note(dtype, n, rtol, atol),), **common)
 
@@ -367,4 +370,7 @@ def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
             f"{r.max_abs_error:.3g} (relative {r.max_rel_error:.3g})")
     report = Report(ok=False, first_bad_layer=1, suspect=suspect, candidates=(suspect,),
                     notes=(note,), **common)
-    return _diagnose_reports.for_module(report, module, params, X, key, dYs, arrays, names)
+    report = _diagnose_reports.for_module(report, module, params, X, key, dYs, arrays, names)
+    return _verify_sequence.read(
+        report, module, None, {r.parameter: a for (_, r), a in zip(rows, arrays)},
+        probe=lambda: _verify_sequence.entry_gates(module, params, X, key))

@@ -16,9 +16,10 @@ Given a report whose first wrong module has a ``time_axis`` or ``gates``
   the carried state, into every block of every step before. To find the gate it
   starts in, the module is probed on its first two steps with ∂L/∂Y on the last
   step only: there the last step's ∂L/∂A is local (nothing is carried in yet), and
-  since h_{−1} = 0, ∂L/∂Wh = h_0 ⊗ ∂L/∂A_1 holds that step alone. The gated leaf
-  whose wrong blocks are fewest (nonempty) names the entering gates; they go first
-  in ``report.gate`` and a note says so.
+  since h_{−1} = 0, ∂L/∂Wh = h_0 ⊗ ∂L/∂A_1 holds that step alone. If the probe's
+  ∂L/∂x_1 is right, the last step is right and the mistake is in what is carried
+  (no entering gate); else the gated leaf whose wrong blocks are fewest (nonempty)
+  names the entering gates; they go first in ``report.gate`` and a note says so.
 """
 
 from __future__ import annotations
@@ -93,19 +94,24 @@ def entry_gates(module, params, X, key) -> tuple:
         last = np.zeros(Y.shape)
         np.moveaxis(last, axis, 0)[1] = rng.standard_normal(np.moveaxis(last, axis, 0)[1].shape)
         dY = jnp.asarray(last, Y.dtype)
-        yours = jax.tree.leaves(module.backward(params, residuals, dY)[0])
+        dp, dX = module.backward(params, residuals, dY)
 
         def pullback(p, x, dy):
-            return jax.vjp(lambda p: module.forward(p, x, key)[0], p)[1](dy)[0]
+            return jax.vjp(lambda p, x: module.forward(p, x, key)[0], p, x)[1](dy)
 
-        own = jax.tree.leaves(pullback(params, X2, dY))
+        own = pullback(params, X2, dY)
         with jax.enable_x64(True):
             to64 = lambda t: jax.tree.map(  # noqa: E731
                 lambda v: v.astype(jnp.float64) if jnp.issubdtype(v.dtype, jnp.floating) else v, t)
-            truth = [np.asarray(v) for v in jax.tree.leaves(
-                pullback(to64(params), to64(X2), dY.astype(jnp.float64)))]
+            truth = jax.tree.map(np.asarray, pullback(to64(params), to64(X2),
+                                                      dY.astype(jnp.float64)))
     except Exception:  # noqa: BLE001 - a probe the module cannot run says nothing
         return ()
+    last = [np.take(np.asarray(v, np.float64), 1, axis=axis) for v in (dX, own[1], truth[1])]
+    if max_abs(last[0] - last[2]) <= roundoff_budget(max_abs(last[1] - last[2]),
+                                                     max_abs(last[2]), dtype, 1):
+        return ()  # the last step, with nothing carried in, is right: the carry is wrong
+    yours, own, truth = (jax.tree.leaves(t) for t in (dp, own[0], truth[0]))
     found = []
     for name, y, o, t in zip(names, yours, own, truth):
         if name not in gated:
@@ -135,7 +141,7 @@ def read(report, module, layer, pairs, *, probe=None):
     """
     if report.ok or (module.time_axis is None and not module.gates):
         return report
-    rows, notes, time_step, gate = report.rows, list(report.notes), None, ()
+    rows, notes, time_step, gate = report.rows, [], None, ()
     where = f"module {report.first_bad_layer} ({module.name})"
     input_row = next((r for r in rows if r.layer == layer and r.parameter == "input"), None)
     if module.time_axis is not None and input_row is not None and not input_row.ok \
@@ -145,14 +151,34 @@ def read(report, module, layer, pairs, *, probe=None):
         rows, location = _time_rows(report, layer, got, want, axis, input_row.budget_abs)
         if location is not None:
             time_step = location.time_step
-            notes.insert(1, f"{where} ∂L/∂input along time: {location.message}")
+            notes.append(f"{where} ∂L/∂input along time: {location.message}")
     if module.gates:
         gate = _gates(report, layer, module, pairs)
         entry = probe() if (probe is not None and gate) else ()
         if entry and set(entry) < set(gate):
             gate = entry + tuple(g for g in gate if g not in entry)
-            notes.insert(1, f"{where}: the error enters in gate {', '.join(entry)} (its block "
+            notes.append(f"{where}: the error enters in gate {', '.join(entry)} (its block "
                             f"alone is wrong at the last step with nothing carried in) and "
                             f"spreads through the carried state into {', '.join(gate[len(entry):])}")
-    return dataclasses.replace(report, rows=rows, notes=tuple(notes), time_step=time_step,
+    notes = report.notes[:1] + tuple(notes) + report.notes[1:]
+    return dataclasses.replace(report, rows=rows, notes=notes, time_step=time_step,
                                gate=gate)
+
+
+def for_model(report, model, params, X, key, i, pairs):
+    """``read`` for module i of a ``Sequential`` (``verify(model)``), probing it at its input."""
+    module = model.modules[i - 1]
+    if report.ok or (module.time_axis is None and not module.gates):
+        return report
+
+    def probe():
+        from jaxbp.nn._compose import split_key
+
+        n = len(model.modules)
+        keys = split_key(key, n - 1 if model.fused else n) + (None,)
+        A = X
+        for m, p, k in zip(model.modules[:i - 1], params[:i - 1], keys):
+            A, _ = m.forward(p, A, k)
+        return entry_gates(module, params[i - 1], A, keys[i - 1])
+
+    return read(report, module, i, pairs, probe=probe)
