@@ -50,7 +50,20 @@ def _points(dtype):
     tied = jnp.array([[1, 3, 3, 0], [2, 0, 1, -1], [5, 5, 5, 1]], dtype)
     kinked = x.at[0, 0].set(0).at[2, 1].set(0)
     return dict(W=W, Wsq=Wsq, x=x, b=b, img=img, ker=ker, table=table, tied=tied,
-                kinked=kinked)
+                kinked=kinked, h0=jnp.zeros(3, dtype), xs=x[:4], Wh=Wsq / 2)
+
+
+def _rnn(h0, xs, Wh):  # h_t = tanh(Wh h_{t−1} + x_t), every h_t out
+    def step(h, x):
+        h = jnp.tanh(Wh @ h + x)
+        return h, h
+    return jax.lax.scan(step, h0, xs)[1]
+
+
+def _rnn_no_carry(h0, xs, Wh, dys):  # BPTT that forgets the gradient carried back in h
+    hs = _rnn(h0, xs, Wh)
+    dz = dys * (1 - hs ** 2)
+    return (Wh.T @ dz[0], dz, dz.T @ jnp.concatenate([h0[None], hs[:-1]]))
 
 
 # (id, forward, backward, primals, kind, where)
@@ -71,6 +84,7 @@ CASES = [
     ("border", conv, lambda x, w, dy: (_vjp(conv, x, w)(dy)[0] * (1 + _border(x, w)),
                                        _vjp(conv, x, w)(dy)[1]), ("img", "ker"),
      "border", "primals[0]"),
+    ("time steps", _rnn, _rnn_no_carry, ("h0", "xs", "Wh"), "time steps", "primals[1]"),
     ("missing term", lambda x: x * jnp.sin(x), lambda x, dy: (dy * jnp.sin(x),), ("x",),
      "missing term", "primals[0]"),
     ("reduction", lambda W, b, x: x @ W + b[None],
@@ -180,3 +194,15 @@ def test_correct_gradients_have_no_findings(shape, seed):
 
     report = jaxbp.check_vjp(forward, backward, W, b, x)
     assert report.ok and report.diagnosis == (), str(report)
+
+
+def test_experiment_names_every_planted_kind(tmp_path):
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parent.parent / "experiments" / "diagnose.py"
+    spec = importlib.util.spec_from_file_location("diagnose_experiment", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    results = script.main(out=str(tmp_path), dtype="float64")
+    assert all(r["found"] == r["planted"] for r in results)
+    assert (tmp_path / "table.md").read_text().count("\n") == len(results) + 2

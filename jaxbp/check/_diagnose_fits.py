@@ -119,6 +119,28 @@ def _in_region(e, mask, budget, groups, yours, truth):
     return True, valid
 
 
+def _time_fit(where, yours, truth, budget, site, labels):
+    """A "time steps" finding when the labels mark a time axis and the wrong steps form the
+    pattern of a lost carry, or one wrong first or last step (``_sequence.locate_time``)."""
+    from jaxbp.check._sequence import locate_time
+
+    labels = np.asarray(labels)
+    lead = yours.ndim - labels.ndim
+    for axis in range(labels.ndim):
+        n = labels.shape[axis]
+        steps = np.arange(1.0, n + 1).reshape((-1,) + (1,) * (labels.ndim - 1 - axis))
+        if n > 1 and np.allclose(labels, steps):
+            loc = locate_time(yours, truth, axis=lead + axis, budget_abs=budget)
+            if loc is None:
+                return None
+            if loc.pattern == "carried" or (loc.pattern == "local" and loc.time_step in (
+                    0, n - 1)):
+                return (Finding("time steps", where, f"along the steps of {site}: "
+                                f"{loc.message}", float(loc.time_step)),)
+            return None
+    return None
+
+
 def fit_row(where: str, yours, truth, budget: float, *, lead: int = 1, regions=(),
             missing=(), upstream=None, sizes=None, batch_size=None) -> tuple:
     """The finding that explains one wrong row, or ("other") when no fit does.
@@ -145,9 +167,17 @@ def fit_row(where: str, yours, truth, budget: float, *, lead: int = 1, regions=(
     e = yours - truth
     if _max(e) <= budget:
         return ()
-    # 1. where the error sits: the smallest region of the forward that holds all of it
+    # 1. along time: a scan's steps, read from the labels its region carries
+    for kind, site, mask, groups in regions:
+        found = _time_fit(where, yours, truth, budget, site, groups) if kind == "time steps" \
+            else None
+        if found:
+            return found
+    # 2. where the error sits: the smallest region of the forward that holds all of it
     best = None
     for kind, site, mask, groups in regions:
+        if kind == "time steps":
+            continue
         explains, valid = _in_region(e, mask, budget, groups, yours, truth)
         size = int(np.sum(mask))
         if explains and (best is None or size < best[0]):
@@ -164,7 +194,7 @@ def fit_row(where: str, yours, truth, budget: float, *, lead: int = 1, regions=(
         if how == "averaged":
             detail += " (a mean where a sum is due)"
         return (Finding("reduction", where, detail),)
-    # 2. one constant factor
+    # 3. one constant factor
     denom = float(np.sum(truth * truth))
     if denom > 0:
         c = float(np.sum(yours * truth)) / denom
@@ -182,7 +212,7 @@ def fit_row(where: str, yours, truth, budget: float, *, lead: int = 1, regions=(
             detail = f"yours is {ratio(c)} × the truth" + (f", matching {match}" if match else "")
             return (Finding("scale", where, detail, c),)
     lead = min(lead, max(truth.ndim - 1, 0))
-    # 3. the right numbers in the wrong places
+    # 4. the right numbers in the wrong places
     flip = _flip_fit(yours, truth, lead, budget)
     if flip is not None:
         spatial, swap = flip
@@ -193,7 +223,7 @@ def fit_row(where: str, yours, truth, budget: float, *, lead: int = 1, regions=(
     if perm is not None:
         return (Finding("transpose", where, f"yours is the truth transposed (axes "
                         f"{tuple(a - lead for a in perm)}) and reshaped to its shape"),)
-    # 4. bounded, reduced the wrong way, a term missing
+    # 5. bounded, reduced the wrong way, a term missing
     bound = _max(yours)
     if 0 < bound < scale - budget and _fits(np.clip(truth, -bound, bound), yours, budget):
         return (Finding("clipped", where, f"yours is the truth clipped to ±{bound:.6g}",

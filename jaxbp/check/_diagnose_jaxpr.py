@@ -24,7 +24,6 @@ never reaches them.
 
 from __future__ import annotations
 
-import itertools
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -124,6 +123,9 @@ def _candidate(eqn) -> tuple:
             return (0, 1)
     if name == "conv_general_dilated":
         return (0, 1)
+    if name == "scan" and not eqn.params.get("reverse", False):
+        first = eqn.params["num_consts"] + eqn.params["num_carry"]
+        return tuple(k for k in range(first, len(invars)) if floating[k])
     return ()
 
 
@@ -182,6 +184,11 @@ def _parts(i, eqn, ks, xs) -> list:
         if rows.any():
             mask = np.broadcast_to(rows.reshape((-1,) + (1,) * (operand.ndim - 1)), operand.shape)
             return f"gather #{i}", ks[:1], [("repeated ids", (mask,), None)]
+    if name == "scan":  # each scanned entry labelled with its step t + 1
+        labels = tuple(np.broadcast_to(np.arange(1.0, x.shape[0] + 1).reshape(
+            (-1,) + (1,) * (x.ndim - 1)), x.shape) for x in xs)
+        return f"scan #{i}", ks, [("time steps", tuple(np.ones(x.shape, bool) for x in xs),
+                                   labels)]
     if name == "conv_general_dilated":
         border = _conv_border(xs[0].shape, xs[1].shape, eqn.params)
         if border is not None:
@@ -287,7 +294,7 @@ def read_regions(fn: Callable, leaves) -> tuple:
                 else:
                     leaf_masks.append(np.zeros(np.shape(x), bool))
                     leaf_groups.append(None)
-            if any(m.any() and not m.all() for m in leaf_masks) or kind in ("kink", "ties"):
+            if any(m.any() and not m.all() for m in leaf_masks) or kind in ("kink", "ties", "time steps"):
                 if any(m.any() for m in leaf_masks):
                     regions.append(Region(kind, name, tuple(leaf_masks),
                                           tuple(leaf_groups) if labels else None))
@@ -388,9 +395,3 @@ def missing_terms(fn: Callable, leaves, cotangents) -> tuple:
                 by_leaf.append(np.asarray(per[floats.index(j)][e]) if j in floats else None)
             result.append((label, by_leaf))
     return tuple(result)
-
-
-def subsets(n: int):
-    """Every non-empty subset of range(n), smallest first (for reduction fits)."""
-    for r in range(1, n + 1):
-        yield from itertools.combinations(range(n), r)
