@@ -153,3 +153,62 @@ def test_no_findings_on_a_correct_backward(m, n, seed):
         x = jax.random.normal(kx, (m,), dtype)
         report = jaxbp.check_vjp(dense_tanh, dense_tanh_backward, p, x, trials=2)
         assert report.ok and report.diagnosis == (), report
+
+
+# NumPy layers (CS231n's convention: forward -> (out, cache), backward(dout, cache))
+from jaxbp.check._numpy_layer import check_layer  # noqa: E402
+
+
+def relu_forward(x):
+    return np.maximum(0, x), x
+
+
+def relu_backward(dout, cache):
+    return dout * (cache > 0)
+
+
+def relu_backward_in_place(dout, cache):
+    dx = dout  # not a copy: the next line writes into the caller's dout
+    dx[cache <= 0] = 0
+    return dx
+
+
+def relu_backward_no_dout(dout, cache):
+    return (cache > 0).astype(cache.dtype)
+
+
+def affine_forward(x, w):
+    return x @ w, (x, w)  # (N, D) @ (D, M) -> (N, M)
+
+
+def affine_backward_accumulating():
+    grads = {}
+
+    def backward(dout, cache):  # grads["w"] += ...: the optimizer's buffer, never zeroed
+        x, w = cache
+        grads["w"] = grads.get("w", 0) + x.T @ dout
+        return dout @ w.T, grads["w"]
+    return backward
+
+
+NUMPY_CASES = [  # (id, forward, backward factory, kind, where, values right)
+    ("relu-in-place", relu_forward, lambda: relu_backward_in_place, "mutates input", "dout", True),
+    ("relu-no-dout", relu_forward, lambda: relu_backward_no_dout, "ignores upstream", "x", False),
+    ("affine-accumulating", affine_forward, affine_backward_accumulating, "not reentrant", "w",
+     True),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("case", NUMPY_CASES, ids=[c[0] for c in NUMPY_CASES])
+def test_check_layer_structural(case, dtype):
+    _, forward, factory, kind, where, values_right = case
+    rng = np.random.default_rng(0)
+    inputs = (rng.normal(size=(3, 4)).astype(dtype),) + (
+        (rng.normal(size=(4, 2)).astype(dtype),) if forward is affine_forward else ())
+    report = check_layer(forward, factory(), *inputs, trials=1)
+    assert not report.ok and report.diagnosis[0][:2] == (kind, where), report
+    assert all(r.ok for r in report.rows) == values_right, report
+    if values_right:
+        assert (report.suspect, report.first_bad) == ("structure", where)
+    assert check_layer(relu_forward, relu_backward, inputs[0]).diagnosis == ()

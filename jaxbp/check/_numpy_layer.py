@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp.bridge._as_jax import call as _as_jax_call, check_scope
-from jaxbp.check import _numpy_common as common
+from jaxbp.check import _numpy_common as common, _structural
 from jaxbp.check._compare import BackpropError, check_tolerance
 from jaxbp.check._numpy_fd import fd_pairs
 from jaxbp.check._numpy_report import numpy_report
@@ -177,9 +177,12 @@ def check_layer(forward: Callable, backward: Callable, *inputs, wrt=None,
                     notes.append(f"{pairs[k].name}: the error is in gate block(s) "
                                  f"{', '.join(found)}")
                     break
-    return numpy_report(rows, mode="layer", dtype=dtype, trials=trials, truth=truth_kind,
-                        network=getattr(forward, "__name__", repr(forward)), notes=notes,
-                        time_step=time_step, gate=gate)
+    report = numpy_report(rows, mode="layer", dtype=dtype, trials=trials, truth=truth_kind,
+                          network=getattr(forward, "__name__", repr(forward)), notes=notes,
+                          time_step=time_step, gate=gate)
+    dout = [d.astype(np.result_type(y)) for d, y in zip(douts[0], outs)]  # trial 0's
+    return _structural.apply(report, _structural.host_layer_findings(
+        backward, dout, cache, [y[0] for y in yours], rows))  # two more backward calls
 
 
 class _NoTruth(Exception):

@@ -30,12 +30,13 @@ reentrant" is only reported when nothing was mutated.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Callable, Sequence
 
 import jax
 import numpy as np
 
-from jaxbp.check._diagnose import STRUCTURAL
+from jaxbp.check._diagnose import STRUCTURAL, merge
 from jaxbp.check._report import Finding
 
 FAILING = frozenset(STRUCTURAL)  # each makes a report's ok False, even with right values
@@ -211,3 +212,56 @@ def _upstream(once, doubled, names, budgets) -> list:
 def failing(findings) -> tuple:
     """The findings among ``findings`` that make a report's ``ok`` False."""
     return tuple(f for f in findings if f.kind in FAILING)
+
+
+def apply(report, findings):
+    """``report`` with ``findings`` merged into its diagnosis; a right report fails on a failing one.
+
+    Args:
+      report: a ``Report`` whose values were checked.
+      findings: from ``Guard.check``.
+
+    Returns:
+      The same report when there are no findings; else a copy with them in ``diagnosis``
+      and, when every value was right but a finding fails the backward, ``ok`` False,
+      ``suspect`` "structure" and ``first_bad`` the finding's ``where``.
+    """
+    findings = tuple(findings)
+    if not findings:
+        return report
+    diagnosis = merge(report.diagnosis, findings)
+    bad = failing(findings)
+    if not report.ok or not bad:
+        return dataclasses.replace(report, diagnosis=diagnosis)
+    note = f"every value agrees with the reference, but {bad[0].kind} at {bad[0].where}: " \
+           f"{bad[0].detail}"
+    return dataclasses.replace(report, ok=False, suspect="structure", candidates=("structure",),
+                               first_bad=bad[0].where, notes=(note,) + tuple(report.notes),
+                               diagnosis=diagnosis)
+
+
+def host_layer_findings(backward: Callable, douts: Sequence, cache, first: Sequence,
+                        rows: Sequence) -> tuple:
+    """The structural checks of a NumPy ``backward(*douts, cache)`` (CS231n's convention).
+
+    The trials call the backward on fresh copies, so here the two extra calls get one
+    more copy of the cache, kept to compare with afterwards ("mutates input" names
+    ``cache[i]`` or ``dout``).
+
+    Args:
+      backward: ``backward(*douts, cache) -> gradients`` (a bare array for one).
+      douts: the first trial's upstream gradients, one per output.
+      cache: the forward's cache (copied here; the copy is what the calls receive).
+      first: the first trial's gradients, float64 copies in row order.
+      rows: the report's rows (labels and budgets), one per gradient.
+    """
+    cache = copy.deepcopy(cache)
+    one = len(douts) == 1
+    guard = Guard({"cache": cache}, douts[0] if one else tuple(douts), "dout")
+
+    def call(dy):
+        out = backward(*((dy,) if one else tuple(dy)), cache)
+        out = (out,) if len(rows) == 1 and not isinstance(out, (tuple, list)) else out
+        return [np.array(g, np.float64) for g in out]
+
+    return guard.check(call, first, [r.parameter for r in rows], [r.budget_abs for r in rows])
