@@ -6,10 +6,14 @@ from jaxbp.core._explain import explain
 from jaxbp.core._losses import LOSSES, Loss, get_loss
 from jaxbp.core._network import Dense, Network, Trace
 from jaxbp.core._tolerances import relative_error, rtol_for, tree_relative_error
+from jaxbp.bridge import as_jax
 from jaxbp.check._finite_difference import finite_difference_grad
 from jaxbp.check._intermediates import check_intermediates, intermediates
 from jaxbp.check._intermediates_report import IntermediateRow, IntermediatesReport
 from jaxbp.check._mutants import MUTANTS, Mutant
+from jaxbp.check._numpy_layer import check_layer
+from jaxbp.check._numpy_loss import check_loss
+from jaxbp.check._numpy_modules import check_modules
 from jaxbp.check._report import Finding, Report, Row
 from jaxbp.check._verify import BackpropError, verify
 from jaxbp.check._verify_nn import check_module
@@ -39,10 +43,14 @@ __all__ = [
     "Row",
     "Trace",
     "adapters",
+    "as_jax",
     "batch_mesh",
     "chain",
     "check_module",
+    "check_modules",
     "check_intermediates",
+    "check_layer",
+    "check_loss",
     "check_vjp",
     "checking",
     "contract",

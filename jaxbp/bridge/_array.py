@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp.bridge._storage import _Buffer, _Index, _Transpose, _Reshape, _read_key, _write
-from jaxbp.bridge._values import UntraceableError, concrete, host, is_traced
+from jaxbp.bridge._values import STATE, UntraceableError, concrete, host, is_traced
 
 
 def _is_basic(index) -> bool:
@@ -44,6 +44,22 @@ def wrap(x, owned: bool = True):
     if isinstance(x, np.ndarray):
         return BArray(_Buffer(x, owned and x.base is None))
     return x
+
+
+def _key(key):
+    """An index as NumPy reads it: ranges and lists become integer arrays."""
+    if isinstance(key, tuple):
+        return tuple(_key_item(k) for k in key)
+    return _key_item(key)
+
+
+def _key_item(k):
+    k = unwrap(k)
+    if isinstance(k, range):
+        return np.arange(k.start, k.stop, k.step)
+    if isinstance(k, list):
+        return np.asarray(k) if not _traced_any(k) else jnp.asarray(k)
+    return k
 
 
 def _traced_any(values) -> bool:
@@ -174,7 +190,7 @@ class BArray:
             yield self[i]
 
     def __getitem__(self, key):
-        index = unwrap(key)
+        index = _key(key)
         value = self._get()
         if _is_basic(index):
             out = BArray(self._buf, self._ops + (_Index(key, index),))
@@ -189,7 +205,7 @@ class BArray:
                 value._ops[-1].__class__ is _Index and value._ops[-1].key is key and \
                 value._ops[:-1] == self._ops:
             return  # x[k] += v: the view already wrote through
-        self._put(value, (_Index(key, unwrap(key)),))
+        self._put(value, (_Index(key, _key(key)),))
 
     def transpose(self, *axes):
         if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
@@ -259,6 +275,12 @@ class BArray:
         return convert(value)
 
     def __float__(self):
+        value = self._get()
+        if is_traced(value) and STATE.floats is not None and np.ndim(value) == 0:
+            number = concrete(value)  # a loss module's `return float(np.sum(...))`
+            if number is not None:
+                STATE.floats.append((float(number), value))
+                return float(number)
         return self._number("float()", float)
 
     def __int__(self):

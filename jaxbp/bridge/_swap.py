@@ -90,7 +90,8 @@ def namespaces(fns, scope) -> list:
     dicts = {}
     for fn in fns:
         g = _function_globals(fn)
-        if g is not None:
+        name = "" if g is None else str(g.get("__name__", ""))
+        if g is not None and name != "jaxbp" and not name.startswith("jaxbp."):
             dicts[id(g)] = g
     if scope == "auto":
         modules = [m for m in list(sys.modules.values())

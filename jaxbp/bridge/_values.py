@@ -44,6 +44,7 @@ class _State(threading.local):
         self.depth = 0  # nested as_jax calls
         self.buffers = []  # buffers that held a traced value during the outermost call
         self.call = None  # the NumPy call being dispatched (for error messages)
+        self.floats = None  # a list while a loss's float() of a traced scalar is allowed
 
 
 STATE = _State()

@@ -59,6 +59,13 @@ _MODULE_EXPLAIN = {
 }
 
 
+_MODULE_MODES = ("model", "module", "modules")  # first_bad_layer counts modules
+_CHECKS = {"vjp": "jaxbp.check_vjp", "module": "jaxbp.check_module",
+           "layer": "jaxbp.check_layer", "loss": "jaxbp.check_loss",
+           "modules": "jaxbp.check_modules"}
+_NAMED_EXPLAIN = {"backward": "your gradient of {first} is wrong."}  # check_layer, check_loss
+
+
 class Finding(NamedTuple):
     """One diagnosis: what kind of mistake explains the error, and where.
 
@@ -192,7 +199,7 @@ class Report(JsonReport, _report_view.Viewable):
         if self.first_bad is None and not self.ok:
             bad = next((r for r in self.rows if not r.ok), None)
             if bad is not None:
-                unit = "module" if self.mode in ("model", "module") else "layer"
+                unit = "module" if self.mode in _MODULE_MODES else "layer"
                 label = bad.parameter if bad.layer is None else f"{unit} {bad.layer} {bad.parameter}"
                 object.__setattr__(self, "first_bad", label)
 
@@ -212,15 +219,17 @@ class Report(JsonReport, _report_view.Viewable):
         l = self.first_bad_layer
         act = self.activations[l - 1] if l and len(self.activations) >= l else "?"
         table = _EXPLAIN
-        if self.mode in ("model", "module"):
+        if self.mode in _MODULE_MODES:
             table = {**_EXPLAIN, **_MODULE_EXPLAIN}
+        elif self.mode in ("layer", "loss"):
+            table = {**_EXPLAIN, **_NAMED_EXPLAIN}
         return table[self.suspect].format(
             l=l, l1=(l or 0) + 1, lm1=(l or 1) - 1, act=act, primal=self.primal,
             module=self.module, first=self.first_bad)
 
     def _view(self):
         """The report in the views' row protocol (``jaxbp.check._report_view``)."""
-        unit = "module" if self.mode in ("model", "module") else "layer"
+        unit = "module" if self.mode in _MODULE_MODES else "layer"
         rows = tuple(_report_view.ViewRow(
             label=(r.parameter if r.layer is None else f"{unit} {r.layer} {r.parameter}"),
             max_rel_error=r.max_rel_error, budget=r.budget, ok=r.ok,
@@ -234,22 +243,21 @@ class Report(JsonReport, _report_view.Viewable):
 
     def __str__(self) -> str:
         lines = []
-        what = {"vjp": "jaxbp.check_vjp", "module": "jaxbp.check_module"}.get(self.mode,
-                                                                             "jaxbp.verify")
+        what = _CHECKS.get(self.mode, "jaxbp.verify")
         if self.ok:
             lines.append(f"{what}: OK — every gradient agrees with the reference within budget")
         else:
             where = (f"primal {self.primal}" if self.mode == "vjp" and self.primal is not None
-                     else self.first_bad if self.mode == "vjp"
+                     else self.first_bad if self.mode in ("vjp", "layer", "loss")
                      else f"module {self.first_bad_layer} ({self.module})"
-                     if self.mode in ("model", "module") else f"layer {self.first_bad_layer}")
+                     if self.mode in _MODULE_MODES else f"layer {self.first_bad_layer}")
             amb = (f" (ambiguous: {' or '.join(self.candidates)})" if self.ambiguous else "")
             lines.append(f"{what}: WRONG — {where}, suspect: {self.suspect}{amb}")
             lines.append("  " + self.explanation())
-        size = "trials" if self.mode in ("vjp", "module") else "B"
+        size = "trials" if self.mode in ("vjp", "module", "layer") else "B"
         lines.append(f"  {self.network}  dtype={self.dtype}  {size}={self.batch_size}  "
                      f"mode={self.mode}")
-        head = (f"{'module' if self.mode in ('model', 'module') else 'layer':>6} {'param':<12} {'max abs err':>11} {'max rel err':>11} "
+        head = (f"{'module' if self.mode in _MODULE_MODES else 'layer':>6} {'param':<12} {'max abs err':>11} {'max rel err':>11} "
                 f"{'budget':>9} {'worst ex':>8}  {'worst entry':<12} status")
         lines.append(head)
         for r in self.rows:

@@ -1,0 +1,239 @@
+"""``check_modules``: module objects with ``forward(A)``/``backward(dA)`` (the 6.390
+homework, "Neural Networks from Scratch") against float64 ``jax.grad`` of their own forwards.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxbp.bridge._as_jax import call as _as_jax_call, check_scope
+from jaxbp.bridge._values import STATE
+from jaxbp.check import _numpy_common as common
+from jaxbp.check._compare import BackpropError
+from jaxbp.check._numpy_report import numpy_report
+
+_GRAD_NAMES = ("dLd{}", "d{}", "d_{}", "grad_{}", "{}_grad")
+_NOT_PARAMS = frozenset({"inputs", "output", "A", "Z", "X", "Y", "Ypred"})
+
+
+def _run(module, method, *args, attr=None):
+    out = getattr(module, method)(*args)
+    return getattr(module, attr) if out is None and attr else out
+
+
+def _loss_forward(loss_module, A, Y):
+    out = _run(loss_module, "forward", A, Y, attr="output")
+    if len(getattr(out, "shape", ())) > 0:
+        out = out.mean()  # per-example losses (a book's forward): their mean
+    return out
+
+
+def _loss_backward(loss_module, A, Y):
+    try:
+        required = [p for p in inspect.signature(loss_module.backward).parameters.values()
+                    if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
+                                                           p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        required = []
+    # the book's loss backward takes (dvalues, y_true), dvalues its own output when it has one
+    first = getattr(loss_module, "output", A)
+    args = () if not required else (first, Y) if len(required) >= 2 else (first,)
+    return _run(loss_module, "backward", *args, attr="dinputs")
+
+
+def _param_pairs(module, before: dict, after: dict, grads) -> list:
+    pairs = []
+    for name, value in before.items():
+        if (name in _NOT_PARAMS or not common.is_float_array(value) or name.startswith("_")
+                or after.get(name) is not value):
+            continue
+        if grads is not None:
+            g = grads.get(name)
+            if g is not None and common.is_float_array(getattr(module, g, None)):
+                pairs.append((name, g))
+            continue
+        for pattern in _GRAD_NAMES:
+            g = pattern.format(name)
+            if np.shape(getattr(module, g, None)) == np.shape(value) and common.is_float_array(
+                    getattr(module, g, None)):
+                pairs.append((name, g))
+                break
+    return pairs
+
+
+def check_modules(modules, loss_module, X, Y, *, grads=None, rtol=None, atol=None,
+                  scope="auto"):
+    """Checks module objects' backward passes against float64 ``jax.grad`` of their forwards.
+
+    Runs ``A = modules[-1].forward(... modules[0].forward(X))``, the loss
+    ``loss_module.forward(A, Y)`` and the backward chain ``loss_module.backward()`` (or
+    ``backward(A, Y)``), ``modules[i].backward(dA)`` from the last module down, as your code
+    does (arrays are passed as given: any layout). Where ``forward``/``backward`` return
+    None their results are read from ``output``/``dinputs`` (the "from scratch" book); a
+    loss that returns per-example losses is averaged. Each module's returned input gradient
+    and its parameter gradients (found as ``W``/``W0`` → ``dLdW``/``dLdW0``,
+    ``weights``/``biases`` → ``dweights``/``dbiases``, ``W``/``b`` → ``dW``/``db``, or given as
+    ``grads={"W": "dLdW", ...}``) are compared with ``jax.grad`` of ``jaxbp.as_jax`` of the
+    modules' own forwards. The homework's fused convention (NLL's backward returns ∂L/∂z of
+    the SoftMax's input, SoftMax's backward passes it on) is recognized and passes.
+
+    Args:
+      modules: the layers and activations in forward order.
+      loss_module: the loss, with ``forward(A, Y)`` and ``backward()``.
+      X, Y: the inputs and targets, as your modules take them.
+      grads: optional {parameter attribute: gradient attribute}.
+      rtol, atol: explicit budget instead of round-off.
+      scope: modules whose NumPy names are routed (see ``jaxbp.as_jax``).
+
+    Returns:
+      A ``Report`` (mode "modules"): rows in backprop order, ``first_bad_layer`` the first
+      wrong module (1-based, the loss module is len(modules) + 1), ``module`` its class
+      name and ``first_bad`` e.g. "module 2 (Tanh) input".
+
+    Example:
+      >>> import numpy as np, jaxbp
+      >>> class Square:
+      ...     def forward(self, A):
+      ...         self.A = A
+      ...         return A ** 2
+      ...     def backward(self, dA):
+      ...         return 2 * self.A * dA
+      >>> class Total:
+      ...     def forward(self, A, Y):
+      ...         return np.sum(A * Y)
+      ...     def backward(self):
+      ...         return self.Y
+      ...     Y = np.ones((2, 3))
+      >>> jaxbp.check_modules([Square()], Total(), np.ones((2, 3)), np.ones((2, 3))).ok
+      True
+    """
+    modules = list(modules) if isinstance(modules, (list, tuple)) else None
+    if not modules:
+        raise TypeError("modules: expected a non-empty list of module objects")
+    for i, m in enumerate(modules + [loss_module]):
+        for method in ("forward", "backward"):
+            if not callable(getattr(m, method, None)):
+                what = "loss_module" if i == len(modules) else f"modules[{i}]"
+                raise TypeError(f"{what}: {type(m).__name__} has no {method} method")
+    if grads is not None and not (isinstance(grads, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in grads.items())):
+        raise TypeError(f"grads: expected {{parameter name: gradient name}}, got {grads!r}")
+    scope = check_scope(scope)
+    X, Y = np.asarray(X), np.asarray(Y)
+    state = np.random.get_state()
+    # ---- your chain, as plain NumPy
+    before = [dict(vars(m)) for m in modules]
+    acts, A = [X], X.copy()
+    for m in modules:
+        A = _run(m, "forward", A, attr="output")
+        acts.append(A)
+    after = [dict(vars(m)) for m in modules]
+    loss = _loss_forward(loss_module, A, Y)
+    dA = _loss_backward(loss_module, A, Y)
+    top = np.array(dA, dtype=np.float64)
+    returned, params = {}, []
+    for i in reversed(range(len(modules))):
+        try:
+            dA = _run(modules[i], "backward", dA, attr="dinputs")
+        except Exception as e:
+            raise BackpropError(f"module {i + 1} ({type(modules[i]).__name__}).backward raised "
+                                f"{type(e).__name__}: {e}") from e
+        returned[i] = np.array(dA, dtype=np.float64)
+    for i, m in enumerate(modules):
+        pairs = _param_pairs(m, before[i], after[i], grads)
+        params.append([(p, g, np.array(getattr(m, p), dtype=np.float64),
+                        np.array(getattr(m, g), dtype=np.float64)) for p, g in pairs])
+    dtype = np.result_type(X.dtype, *[p[2].dtype for ps in params for p in ps]) \
+        if np.issubdtype(X.dtype, np.floating) else np.float64
+    snapshot = [dict(vars(m)) for m in modules + [loss_module]]
+    try:
+        value, (g_params, g_acts) = _truth(modules, loss_module, params, acts, X, Y, state,
+                                           scope)
+    except Exception as e:
+        raise BackpropError(f"the modules' forward could not be traced: "
+                            f"{common.why_untraceable(e)} (check_modules has no "
+                            f"finite-difference fallback yet)") from e
+    finally:
+        for m, snap in zip(modules + [loss_module], snapshot):
+            vars(m).clear()
+            vars(m).update(snap)
+    problem = common.reproduce([value], [loss], dtype, "loss")
+    if problem:
+        raise BackpropError(problem)
+    # ---- the one comparison, in backprop order
+    L = len(modules)
+    names, pairs_ = [], []
+    fused = not _close(top, g_acts[L]) and _close(top, g_acts[L - 1])
+    loss_truth = g_acts[L - 1] if fused else g_acts[L]
+    labels = [(L + 1, type(loss_module).__name__, "input")]
+    pairs_.append(common.Pair(f"input", top[None], loss_truth[None], layer=L + 1))
+    for i in reversed(range(L)):
+        cls = type(modules[i]).__name__
+        want = g_acts[i]
+        if fused and i == L - 1:
+            want = g_acts[L - 1]  # SoftMax passes NLL's ∂L/∂z on
+        pairs_.append(common.Pair("input", returned[i][None], want[None], layer=i + 1))
+        labels.append((i + 1, cls, "input"))
+        for k, (p, g, _, mine) in enumerate(params[i]):
+            pairs_.append(common.Pair(g, mine[None], np.asarray(g_params[i][k])[None],
+                                      layer=i + 1))
+            labels.append((i + 1, cls, g))
+    rows = common.compare(pairs_, dtype=dtype, depth=L, rtol=rtol, atol=atol)
+    notes = []
+    if fused:
+        notes.append(f"fused: {type(loss_module).__name__}.backward returns ∂L/∂z of "
+                     f"{type(modules[-1]).__name__}'s input, and "
+                     f"{type(modules[-1]).__name__}.backward passes it on")
+    bad = next((k for k, r in enumerate(rows) if not r.ok), None)
+    extra = {}
+    if bad is not None:
+        index, cls, which = labels[bad]
+        suspect = ("nonfinite" if rows[bad].nonfinite else "loss" if index == L + 1
+                   else "input" if which == "input" else "param")
+        extra = dict(first_bad=f"module {index} ({cls}) {which}", first_bad_layer=index,
+                     module=cls, suspect=suspect)
+    return numpy_report(rows, mode="modules", dtype=dtype, trials=1, truth="jax",
+                        network=" → ".join(type(m).__name__ for m in modules + [loss_module]),
+                        notes=notes, **extra)
+
+
+def _close(a, b) -> bool:
+    return np.shape(a) == np.shape(b) and bool(
+        np.max(np.abs(a - b), initial=0.0) <= 1e-8 * max(np.max(np.abs(b), initial=0.0), 1e-30))
+
+
+def _truth(modules, loss_module, params, acts, X, Y, state, scope):
+    def chain(P, E):
+        for m, ps in zip(modules, P):
+            for (name, *_), value in zip(params[modules.index(m)], ps):
+                setattr(m, name, value)
+        A = X + E[0]
+        for i, m in enumerate(modules):
+            A = _run(m, "forward", A, attr="output") + E[i + 1]
+        STATE.floats = []
+        try:
+            out = _loss_forward(loss_module, A, Y)
+            floats = STATE.floats
+        finally:
+            STATE.floats = None
+        if isinstance(out, float) and len(floats) == 1 and floats[0][0] == out:
+            out = floats[0][1]  # `return float(np.sum(...))`: the traced sum
+        return out
+
+    extra = tuple(type(m).forward for m in modules) + (type(loss_module).forward,)
+
+    def f(P, E):
+        np.random.set_state(state)
+        out = _as_jax_call(chain, [P, E], {}, scope=scope, extra=extra)
+        return jnp.reshape(jnp.asarray(out), ())
+
+    with jax.enable_x64(True):
+        P = [[jnp.asarray(p[2]) for p in ps] for ps in params]
+        E = [jnp.zeros(np.shape(a)) for a in acts]
+        value, (gP, gE) = jax.value_and_grad(f, argnums=(0, 1))(P, E)
+        return (float(value), ([[np.asarray(g) for g in gs] for gs in gP],
+                               [np.asarray(g) for g in gE]))
