@@ -16,7 +16,8 @@ __all__ = ["module_backprop"]
 
 def module_backprop(modules: Sequence[Any], loss_module: Any, *,
                     param_names: tuple[str, str] = ("W", "W0"),
-                    grad_names: tuple[str, str] = ("dLdW", "dLdW0")) -> Callable:
+                    grad_names: tuple[str, str] = ("dLdW", "dLdW0"), layout: str = "columns",
+                    reduction: str = "sum") -> Callable:
     """Module objects with ``forward``/``backward`` methods as a backprop function.
 
     The modules form the network ``A = modules[-1].forward(... modules[0].forward(X))``
@@ -28,11 +29,12 @@ def module_backprop(modules: Sequence[Any], loss_module: Any, *,
 
     The returned ``fn(params, X, Y)`` writes layer ℓ's ``(W, W0)`` from params into
     the ℓ-th such module (as NumPy copies), runs forward and backward on the host,
-    and returns ``((dLdW, dLdW0), ...)`` read from ``grad_names``. It uses the
-    modules' layout, so pass ``layout="columns"`` to ``jaxbp.verify`` (and
-    ``batched=True, reduction="sum"`` for a loss that sums over the batch, as the
-    homework's NLL does). It is marked as host code: ``verify`` calls it on the
-    whole batch, or one example at a time, never under ``jax.jit``/``jax.vmap``.
+    and returns ``((dLdW, dLdW0), ...)`` read from ``grad_names``. It is marked with
+    ``layout`` and ``reduction`` (the homework's: column vectors, a loss summed over the
+    batch) and as taking a whole batch, so ``jaxbp.verify`` needs no extra flags. It is
+    marked as host code: ``verify`` calls it on the whole batch, or one example at a
+    time, never under ``jax.jit``/``jax.vmap``; if it raises on the shapes it was given,
+    the error says which layout jaxbp tried.
 
     Args:
       modules: the layers and activations, e.g. ``[Linear(2, 3), Tanh(), Linear(3, 2),
@@ -40,6 +42,8 @@ def module_backprop(modules: Sequence[Any], loss_module: Any, *,
       loss_module: e.g. ``NLL()``, with ``forward(Ypred, Y)`` and ``backward()``.
       param_names: the attribute names of a layer's weights and biases.
       grad_names: the attribute names ``backward`` stores their gradients in.
+      layout: "columns" (x (m, B), W0 (n, 1)) or "rows" (x (B, m)): the modules' layout.
+      reduction: "sum" or "mean": what the loss module does over the batch.
 
     Returns:
       ``fn(params, X, Y)``: params a tuple of ``(W (m, n), W0 (n, 1))`` per layer,
@@ -54,8 +58,7 @@ def module_backprop(modules: Sequence[Any], loss_module: Any, *,
 
         backprop = jaxbp.adapters.module_backprop([Linear(2, 3), Tanh(), Linear(3, 2),
                                                    SoftMax()], NLL())
-        jaxbp.verify(net, params, X, Y, backprop=backprop, layout="columns",
-                     batched=True, reduction="sum")
+        jaxbp.verify(net, params, X, Y, backprop=backprop)
     """
     modules = list(modules) if isinstance(modules, (list, tuple)) else modules
     if not isinstance(modules, list) or not modules:
@@ -76,6 +79,10 @@ def module_backprop(modules: Sequence[Any], loss_module: Any, *,
                 and all(isinstance(n, str) for n in names)):
             raise TypeError(f"{name}: expected two attribute names such as ('W', 'W0'), "
                             f"got {names!r}")
+    for name, value, allowed in (("layout", layout, ("rows", "columns")),
+                                 ("reduction", reduction, ("mean", "sum"))):
+        if value not in allowed:
+            raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
     layers = [m for m in modules if all(hasattr(m, n) for n in param_names)]
     if not layers:
         raise ValueError(f"modules: none has the parameters {tuple(param_names)}; name them "
@@ -98,4 +105,6 @@ def module_backprop(modules: Sequence[Any], loss_module: Any, *,
         return tuple(tuple(np.array(getattr(m, g)) for g in grad_names) for m in layers)
 
     backprop.jaxbp_host = True  # NumPy on the host: jaxbp.verify never traces it
+    backprop.jaxbp_layout, backprop.jaxbp_reduction = layout, reduction  # verify's defaults
+    backprop.jaxbp_batched = True
     return backprop

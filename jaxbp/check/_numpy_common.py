@@ -145,3 +145,18 @@ def reproduce(traced, plain, dtype, what: str) -> Optional[str]:
 
 def numpy_call_in_progress() -> Optional[str]:
     return STATE.call
+
+
+def numpy_code_error(error: BaseException, what: str, instead: str) -> Optional[BackpropError]:
+    """A jaxbp error for NumPy code handed to a JAX check (None if ``error`` is not that)."""
+    if not isinstance(error, _UNTRACEABLE):
+        return None
+    frames = traceback.extract_tb(error.__traceback__)
+    call = next((f"numpy {f.name}" for f in frames if os.sep + "numpy" + os.sep in f.filename),
+                "a NumPy call")
+    where = user_line(error)
+    return BackpropError(
+        f"{what} looks like NumPy code: {call} was handed a jax tracer"
+        + (f" at {where}" if where else "") + f" ({type(error).__name__}). jax cannot trace "
+        f"NumPy; check it with {instead}, which run your NumPy code as it is written "
+        f"(jaxbp.as_jax routes its np calls to jax.numpy)")

@@ -64,7 +64,8 @@ class _Reference(NamedTuple):
 
 
 def verify(net: Network, params, X, Y, *, backprop: Optional[Callable] = None,
-           batched: bool = False, layout: str = "rows", reduction: str = "mean",
+           batched: Optional[bool] = None, layout: Optional[str] = None,
+           reduction: Optional[str] = None,
            rtol: Optional[float] = None, atol: Optional[float] = None,
            finite_differences: bool = False, key: Optional[jax.Array] = None) -> Report:
     """Checks a hand-written backprop against float64 ``jax.grad`` and localizes errors.
@@ -84,13 +85,16 @@ def verify(net: Network, params, X, Y, *, backprop: Optional[Callable] = None,
         ``Dense`` shaped like params (as ``net.backprop``); with ``batched=True``
         ``fn(params, X, Y)`` returning the batch-mean gradient. None checks
         jaxbp's own backprop.
-      batched: whether ``backprop`` takes a batch and returns the mean.
+      batched: whether ``backprop`` takes a batch and returns the mean. None: what
+        ``backprop`` is marked with (``jaxbp.adapters.module_backprop``: True), else False.
       layout: "rows" (jaxbp's: x (m,), X (B, m), W0 (n,)) or "columns" (the
         6.390 homework's: x (m, 1), X (m, B), y (n, 1), Y (n, B), W0 (n, 1); your
         function returns per layer ``(dW (m, n), dW0 (n, 1))``). Your function is
-        wrapped at the boundary, so rows, layers and suspects read the same.
+        wrapped at the boundary, so rows, layers and suspects read the same. None: what
+        ``backprop`` is marked with (``module_backprop``: "columns"), else "rows".
       reduction: "mean" or "sum": what a batched ``backprop`` returns, the
-        gradient of the batch's mean loss or of its sum (the homework's NLL).
+        gradient of the batch's mean loss or of its sum (the homework's NLL). None: the
+        mark of ``backprop`` (``module_backprop``: "sum"), else "mean".
       rtol: allowed error relative to each leaf's largest reference entry.
       atol: allowed absolute error. Either one replaces the round-off budget.
       finite_differences: also compare with central differences in float64
@@ -113,6 +117,9 @@ def verify(net: Network, params, X, Y, *, backprop: Optional[Callable] = None,
       >>> jaxbp.verify(net, params, X, Y).ok
       True
     """
+    layout = getattr(backprop, "jaxbp_layout", "rows") if layout is None else layout
+    reduction = getattr(backprop, "jaxbp_reduction", "mean") if reduction is None else reduction
+    batched = bool(getattr(backprop, "jaxbp_batched", False)) if batched is None else batched
     if isinstance(net, Sequential):
         if backprop is not None or batched or finite_differences or (layout, reduction) != (
                 "rows", "mean"):

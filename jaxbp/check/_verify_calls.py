@@ -141,13 +141,25 @@ def _call(fn, params, X, Y, net, what: str, *, per_example: bool, vectorized: bo
             raise BackpropError(
                 f"{what} raised {type(e).__name__} on example {b} (called as "
                 f"{what}(params, x, y) with x of shape {tuple(x.shape)}, y of shape "
-                f"{tuple(y.shape)}): {e}") from e
+                f"{tuple(y.shape)}): {e}{layout_hint(fn)}") from e
         layers, dt = _as_layers(out, net, (), what)
         outs.append(layers)
         dtypes |= dt
     stacked = tuple(tuple(np.stack([o[l][k] for o in outs]) for k in range(2))
                     for l in range(net.num_layers))
     return stacked, dtypes, notes
+
+
+def layout_hint(fn) -> str:
+    """For host (NumPy) code that raised: a layout mismatch, saying which layout was tried."""
+    if not is_host_function(fn):
+        return ""
+    layout = getattr(fn, "layout", "rows")
+    other = "rows" if layout == "columns" else "columns"
+    marked = getattr(getattr(fn, "fn", fn), "jaxbp_layout", None)
+    return (f". This looks like a layout mismatch: jaxbp called your NumPy code with "
+            f"layout={layout!r}" + (f" (your function is marked {marked!r})" if marked else "")
+            + f"; if it expects {other[:-1]} vectors, pass layout={other!r}")
 
 
 class _HostFunction(Exception):
@@ -169,5 +181,5 @@ def _call_batch(fn, params, X, Y, net, what):
         except Exception as e:
             raise BackpropError(f"{what} raised {type(e).__name__} (called as {what}(params, X, "
                                 f"Y) with X of shape {tuple(X.shape)}, Y of shape "
-                                f"{tuple(Y.shape)}): {e}") from e
+                                f"{tuple(Y.shape)}): {e}{layout_hint(fn)}") from e
     return _as_layers(out, net, (), what)

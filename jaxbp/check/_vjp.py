@@ -22,6 +22,7 @@ from jaxbp.check import _structural
 from jaxbp.check._diagnose import merge
 from jaxbp.check import _diagnose_reports
 from jaxbp.check._diagnose_fits import shape_kind
+from jaxbp.check._numpy_common import numpy_code_error
 from jaxbp.check._report import Report
 from jaxbp.check._vjp_order2 import SUFFIX, order2_rows
 from jaxbp.core._tolerances import roundoff_budget
@@ -121,7 +122,14 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
     primals = _float_primals(primals)
     key = jax.random.key(0) if key is None else key
     dtype = np.dtype(jnp.result_type(*jax.tree.leaves(primals)))
-    y, pullback = jax.vjp(forward, *primals)
+    try:
+        y, pullback = jax.vjp(forward, *primals)
+    except Exception as e:
+        numpy_error = numpy_code_error(e, "forward", "jaxbp.check_layer (a forward/backward "
+                                       "pair with a cache) or jaxbp.check_loss")
+        if numpy_error is not None:
+            raise numpy_error from e
+        raise
     keys = jax.random.split(key, trials)
     y_leaves, y_tree = jax.tree.flatten(y)
     dys = [jax.tree.unflatten(y_tree, [jax.random.normal(k2, jnp.shape(leaf), jnp.result_type(leaf))
