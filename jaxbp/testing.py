@@ -27,12 +27,16 @@ from __future__ import annotations
 from typing import Callable
 
 from jaxbp.check._intermediates import check_intermediates
+from jaxbp.check._numpy_layer import check_layer
+from jaxbp.check._numpy_loss import check_loss
+from jaxbp.check._numpy_modules import check_modules
 from jaxbp.check._compare import BackpropError
 from jaxbp.check._verify import verify
 from jaxbp.check._verify_nn import check_module
 from jaxbp.check._vjp import check_vjp
 
-__all__ = ["assert_backprop", "assert_intermediates", "assert_module", "assert_vjp"]
+__all__ = ["assert_backprop", "assert_intermediates", "assert_layer", "assert_loss",
+           "assert_module", "assert_modules", "assert_vjp"]
 
 
 def _check(name: str, check: Callable, *args, **kwargs):
@@ -168,3 +172,73 @@ def assert_intermediates(forward: Callable, args, grads, **kwargs):
     __tracebackhide__ = True
     return _check("assert_intermediates", check_intermediates, forward, args, grads,
                   **kwargs)
+
+
+def assert_layer(forward: Callable, backward: Callable, *inputs, **kwargs):
+    """Asserts a NumPy layer pair with a cache (``jaxbp.check_layer``).
+
+    Args:
+      forward: ``forward(*inputs) -> (*outputs, cache)``, plain NumPy.
+      backward: ``backward(*douts, cache)`` -> one gradient per checked input.
+      *inputs: forward's arguments.
+      **kwargs: passed to ``jaxbp.check_layer`` (``wrt=``, ``time_axis=``, ``gates=``, ...).
+
+    Returns:
+      The ``jaxbp.Report`` (mode "layer") when every gradient is within budget.
+
+    Raises:
+      AssertionError: a gradient is wrong; the message is the report.
+
+    Example:
+      >>> import numpy as np, jaxbp.testing
+      >>> forward = lambda x: (np.tanh(x), np.tanh(x))
+      >>> backward = lambda dout, y: dout * (1 - y ** 2)
+      >>> jaxbp.testing.assert_layer(forward, backward, np.linspace(-1, 1, 5)).ok
+      True
+    """
+    __tracebackhide__ = True
+    return _check("assert_layer", check_layer, forward, backward, *inputs, **kwargs)
+
+
+def assert_loss(fn: Callable, params, *args, **kwargs):
+    """Asserts "loss and gradients in one function" (``jaxbp.check_loss``).
+
+    Args:
+      fn: ``fn(params, *args) -> (loss, grads)``, plain NumPy.
+      params: an array, a tuple or a dict of float arrays.
+      *args: fn's other arguments.
+      **kwargs: passed to ``jaxbp.check_loss``.
+
+    Returns:
+      The ``jaxbp.Report`` (mode "loss") when every gradient is within budget.
+
+    Raises:
+      AssertionError: a gradient is wrong; the message is the report.
+
+    Example:
+      >>> import numpy as np, jaxbp.testing
+      >>> fn = lambda w, x: (np.sum((x @ w) ** 2), 2 * x.T @ (x @ w))
+      >>> jaxbp.testing.assert_loss(fn, np.ones(3), np.eye(3)).ok
+      True
+    """
+    __tracebackhide__ = True
+    return _check("assert_loss", check_loss, fn, params, *args, **kwargs)
+
+
+def assert_modules(modules, loss_module, X, Y, **kwargs):
+    """Asserts module objects' backward passes (``jaxbp.check_modules``).
+
+    Args:
+      modules: objects with ``forward(A)`` and ``backward(dA)``, in forward order.
+      loss_module: the loss, with ``forward(A, Y)`` and ``backward()``.
+      X, Y: inputs and targets, as the modules take them.
+      **kwargs: passed to ``jaxbp.check_modules`` (``grads=``, ...).
+
+    Returns:
+      The ``jaxbp.Report`` (mode "modules") when every gradient is within budget.
+
+    Raises:
+      AssertionError: a gradient is wrong; the message names the module.
+    """
+    __tracebackhide__ = True
+    return _check("assert_modules", check_modules, modules, loss_module, X, Y, **kwargs)
