@@ -156,7 +156,6 @@ def test_no_findings_on_a_correct_backward(m, n, seed):
 
 
 # NumPy layers (CS231n's convention: forward -> (out, cache), backward(dout, cache))
-from jaxbp.check._numpy_layer import check_layer  # noqa: E402
 
 
 def relu_forward(x):
@@ -206,9 +205,9 @@ def test_check_layer_structural(case, dtype):
     rng = np.random.default_rng(0)
     inputs = (rng.normal(size=(3, 4)).astype(dtype),) + (
         (rng.normal(size=(4, 2)).astype(dtype),) if forward is affine_forward else ())
-    report = check_layer(forward, factory(), *inputs, trials=1)
+    report = jaxbp.check_layer(forward, factory(), *inputs, trials=1)
     assert not report.ok and report.diagnosis[0][:2] == (kind, where), report
     assert all(r.ok for r in report.rows) == values_right, report
     if values_right:
         assert (report.suspect, report.first_bad) == ("structure", where)
-    assert check_layer(relu_forward, relu_backward, inputs[0]).diagnosis == ()
+    assert jaxbp.check_layer(relu_forward, relu_backward, inputs[0]).diagnosis == ()
