@@ -224,6 +224,11 @@ def print_summary(s: dict) -> None:
                    if r and "chance_accuracy" in r), None)
     if chance is not None:
         print(f"accuracy is per token; chance level {chance:.4f}")
+    if "bigram_test_loss" in s:  # the char models (experiments/_chars.py)
+        nll = "  ".join(f"{g} {s[g]['test_loss']:.4f}" for g in ("manual", "autodiff") if s[g])
+        print(f"test NLL per character (nats): {nll}; bigram baseline "
+              f"{s['bigram_test_loss']:.4f} (same split)")
+        print(f"sampled names: {', '.join(s['samples'])}")
     if "epsilon" in s:
         p = s["private"]
         print(f"DP-SGD: epsilon = {s['epsilon']:.3f} at delta = {p['delta']:g} after "

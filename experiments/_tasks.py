@@ -7,13 +7,15 @@
   x_{t+1} = (x_t + s) mod V with s drawn from {1, 2, 3}; the target at each position is
   the next token. Chance level is 1/V; the step is visible only through the earlier
   tokens, so beyond the first positions attention has to find it.
+* ``rnn``, ``lstm``, ``gru``: a character-level language model on first names
+  (``experiments/_chars.py``), beside a bigram baseline counted on the same split.
 
 A ``Task`` gives train.py one interface over a ``Network`` and a ``jaxbp.nn.Sequential``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +24,7 @@ import numpy as np
 import jaxbp
 from jaxbp import datasets, nn
 
-MODELS = ("mlp", "cnn", "transformer")
+MODELS = ("mlp", "cnn", "transformer", "rnn", "lstm", "gru")
 SEQUENCES = dict(vocab=64, length=64, steps=(1, 2, 3), n_train=2048, n_test=512)
 TRANSFORMER = dict(dim=128, heads=4)
 
@@ -39,6 +41,8 @@ class Task(NamedTuple):
       batch_loss: (params, X, Y) -> mean loss (jit-able).
       forward: (params, X) -> outputs (probabilities on the last axis).
       description: the model in words, for titles and results.json.
+      extras: optional, (params) -> a dict of model-specific results (the char models'
+        bigram baseline and sampled names); None: none.
     """
 
     model: object
@@ -48,6 +52,7 @@ class Task(NamedTuple):
     batch_loss: Callable
     forward: Callable
     description: str
+    extras: Optional[Callable] = None
 
 
 def sequences(*, vocab: int, length: int, steps: tuple, n_train: int, n_test: int,
@@ -97,6 +102,34 @@ def transformer_task() -> Task:
     return _nn_task(data, model, (SEQUENCES["length"],),
                     f"transformer block: vocab {SEQUENCES['vocab']}, d {TRANSFORMER['dim']}, "
                     f"{TRANSFORMER['heads']} heads, causal, T {SEQUENCES['length']}")
+
+
+def nn_task(model: str) -> Task:
+    """The task of one of the jaxbp.nn models (every name of MODELS but "mlp")."""
+    if model == "cnn":
+        return cnn_task()
+    if model == "transformer":
+        return transformer_task()
+    return char_task(model)
+
+
+def char_task(cell: str) -> Task:
+    """A character model (``_chars.model``) on names; extras: bigram baseline, 10 samples."""
+    import _chars as chars
+
+    data, train_ids, source, n_names = chars.char_data(**chars.CHARS)
+    model = chars.model(cell, **chars.CHARS)
+    print(f"corpus: {n_names} first names from the {source}")
+    baseline = chars.bigram_nll(train_ids, data.X_test, data.y_test)
+
+    def extras(params):
+        return dict(bigram_test_loss=baseline, corpus=source, corpus_names=n_names,
+                    samples=chars.sample(model, params, length=chars.CHARS["length"]))
+
+    task = _nn_task(data, model, (chars.CHARS["length"],),
+                    f"char model: Embedding({len(chars.ALPHABET)}, {chars.CHARS['embedding']}) "
+                    f"{model.modules[1].name} Linear softmax nll, T {chars.CHARS['length']}")
+    return task._replace(extras=extras)
 
 
 def evaluate(task: Task, params, dtype) -> dict:

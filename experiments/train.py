@@ -11,6 +11,7 @@ The largest parameter difference between them along the whole run is recorded.
     python experiments/train.py --checkpoint-every 100   # killed? add --resume to go on
     python experiments/train.py --model cnn              # jaxbp.nn: a CNN on 8×8×1 digits
     python experiments/train.py --model transformer      # a causal transformer block on sequences
+    python experiments/train.py --model lstm             # char-level names model (also rnn, gru)
     python experiments/train.py --private --noise-multiplier 1.1   # DP-SGD; ε at δ reported
 
 Writes DIR/results.json, DIR/loss.png, DIR/boundary.png (2-D data), DIR/history.csv (loss per
@@ -41,7 +42,7 @@ from _runner import print_summary, train, write_outputs  # noqa: E402
 from _common import FlagError, Parser, allowed, backend_line, check_writable  # noqa: E402,I001
 
 # ---------------------------------------------------------------- knobs (= CLI defaults)
-MODEL = "mlp"           # mlp (jaxbp.Network) | cnn | transformer (jaxbp.nn models)
+MODEL = "mlp"           # mlp (jaxbp.Network) | cnn | transformer | rnn | lstm | gru (jaxbp.nn)
 DATASET = "digits"      # mlp's default; cnn trains on digits, transformer on its sequences
 LOSS = "nll"
 OPTIMIZER = "adam"
@@ -60,6 +61,8 @@ PRESETS = {
 MODEL_PRESETS = {
     "cnn": dict(dataset="digits", steps=1500, lr=3e-3, batch_size=128),
     "transformer": dict(dataset="sequences", steps=300, lr=3e-3, batch_size=16),
+    **{cell: dict(dataset="names", steps=2000, lr=3e-3, batch_size=32)
+       for cell in ("rnn", "lstm", "gru")},
 }
 OUTPUT_ACTIVATION = {"nll": "softmax", "binary_nll": "sigmoid", "squared": "identity",
                      "hinge": "identity"}
@@ -158,7 +161,7 @@ def _resolve_nn(model, *, dataset, sizes, activations, loss, optimizer, lr, step
                                   f"(see experiments/_tasks.py)")
     if loss != "nll":
         raise FlagError("--loss", f"--model {model} is trained with nll only, got {loss!r}")
-    task = tasks.cnn_task() if model == "cnn" else tasks.transformer_task()
+    task = tasks.nn_task(model)
     batch_size = preset["batch_size"] if batch_size is None else batch_size
     computation = dict(model=model, dataset=preset["dataset"], loss=loss)
     return _settings(task, preset, computation, optimizer=optimizer, lr=lr, steps=steps,
@@ -224,8 +227,8 @@ def main(*, model: str = MODEL, dataset: str | None = None, sizes=None, activati
     """Trains, prints a summary, writes the outputs; returns the results dict (as results.json).
 
     Args:
-      model: "mlp" (``jaxbp.Network``, the default), "cnn" or "transformer" (``jaxbp.nn``
-        models with fixed data: see ``experiments/_tasks.py``).
+      model: "mlp" (``jaxbp.Network``, the default), "cnn", "transformer", "rnn", "lstm" or
+        "gru" (``jaxbp.nn`` models with fixed data: see ``experiments/_tasks.py``).
       dataset: one of ``jaxbp.datasets.NAMES`` for the mlp (None: digits).
       sizes: full layer sizes "64,64,10" or a tuple; None: the dataset's preset.
       activations: one name per layer; None: the preset's hidden activation, then the loss's.
@@ -285,6 +288,8 @@ def main(*, model: str = MODEL, dataset: str | None = None, sizes=None, activati
         r = run["results"].get(g)
         summary[g] = None if r is None else {k: v for k, v in r.items() if k != "params"}
     summary["max_param_diff"] = run["max_param_diff"]
+    if cfg["task"].extras is not None:  # the char models: bigram baseline, sampled names
+        summary.update(cfg["task"].extras(run["results"][cfg["grads"][0]]["params"]))
     if cfg["private"]:
         q = cfg["batch_size"] / len(data.y_train)
         dp_steps = run["counters"]["dp_steps"]
@@ -308,9 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="train.py", description=__doc__.split("\n\n")[0],
                epilog=f"Per-dataset defaults: {presets}.")
     p.add_argument("--model", default=MODEL,
-                   help=f"{allowed(tasks.MODELS)} (default {MODEL}); cnn and transformer are "
-                        f"jaxbp.nn models with their own data (digits as 8x8x1 images; counting "
-                        f"sequences)")
+                   help=f"{allowed(tasks.MODELS)} (default {MODEL}); the others are jaxbp.nn "
+                        f"models with their own data (cnn: digits as 8x8x1 images; transformer: "
+                        f"counting sequences; rnn, lstm, gru: characters of first names)")
     p.add_argument("--dataset", default=None,
                    help=f"for the mlp: {allowed(datasets.NAMES)} (default {DATASET})")
     p.add_argument("--sizes", default=None,

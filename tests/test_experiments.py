@@ -168,7 +168,7 @@ def test_train_nn_models_x64_lockstep(train, tmp_path, monkeypatch, model, steps
 
 
 @pytest.mark.parametrize("argv, flag", [
-    (["--model", "rnn"], "--model"), (["--model", "cnn", "--dataset", "xor"], "--dataset"),
+    (["--model", "mamba"], "--model"), (["--model", "cnn", "--dataset", "xor"], "--dataset"),
     (["--model", "transformer", "--sizes", "1,2"], "--sizes"),
     (["--model", "cnn", "--loss", "squared"], "--loss")], ids=["model", "dataset", "sizes", "loss"])
 def test_train_nn_model_bad_flags(train, tmp_path, capsys, argv, flag):
