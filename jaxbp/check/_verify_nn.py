@@ -25,6 +25,7 @@ per-example ones do not exist).
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import jax
@@ -64,8 +65,16 @@ def _loss_with_taps(model: Sequential, params, eps, X, Y, key):
     return jnp.mean(_loss_terms(model, A, Z, Y))
 
 
-# One jitted program per (model, shapes, dtype): a second verify of the same model reuses it.
-_taps_grad = jax.jit(jax.grad(_loss_with_taps, argnums=(1, 2)), static_argnums=0)
+@functools.partial(jax.jit, static_argnums=0)
+def _chain_with_trail(model: Sequential, params, X, Y, key):
+    """The model's own chain, compiled once: (grads, trail), trail as ``_chain`` fills it."""
+    trail = []
+    _, grads, _, _ = _chain(model, params, X, Y, key, trail=trail)
+    return grads, tuple(trail)
+
+
+# One jitted program per (model, shapes, dtype) (``_grads_with_taps_jit``): a second verify
+# of the same model reuses it.
 
 
 def _input_shapes(model, params, X, key):
@@ -81,11 +90,17 @@ def _input_shapes(model, params, X, key):
 
 def _grads_with_taps(model, params, X, Y, key, dtype):
     """(∂L/∂params, (∂L/∂input_i)_i) by jax.grad in dtype; None for integer inputs."""
+    return _grads_with_taps_jit(model, np.dtype(dtype), params, X, Y, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _grads_with_taps_jit(model, dtype, params, X, Y, key):
+    # The casts and zero taps inside the one program: eagerly, each would compile on its own.
     params, X, Y = _to(params, dtype), _to(X, dtype), Y.astype(dtype)
     shapes = _input_shapes(model, params, X, key)
     eps = tuple(None if not jnp.issubdtype(s.dtype, jnp.floating)
                 else jnp.zeros(s.shape, dtype) for s in shapes)
-    return _taps_grad(model, params, eps, X, Y, key)
+    return jax.grad(_loss_with_taps, argnums=(1, 2))(model, params, eps, X, Y, key)
 
 
 def _leaf_names(p) -> list:
@@ -122,7 +137,12 @@ def verify_model(model: Sequential, params, X, Y, *, key: Optional[jax.Array] = 
     n = len(model.modules)
     trail = []
     try:
-        _, grads, _, _ = _chain(model, params, X, Y, key, trail=trail)
+        try:  # one compiled program; eagerly (op by op) only to report a failure as it happens
+            grads, trail = _chain_with_trail(model, params, X, Y, key)
+            trail = list(trail)
+        except Exception:
+            trail = []
+            _, grads, _, _ = _chain(model, params, X, Y, key, trail=trail)
     except (ValueError, TypeError) as e:
         raise BackpropError(str(e)) from e
     except Exception as e:
@@ -241,6 +261,21 @@ def _budget_note(dtype, n, rtol, atol) -> str:
             f"their module's largest gradient)")
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(module, p, x, key):
+    return module.forward(p, x, key)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _pullback(module, integer_input, p, x, dY, key):
+    """jax.vjp of the module's forward, one compiled program (eager vjp compiles op by op)."""
+    if integer_input:
+        _, vjp = jax.vjp(lambda p: module.forward(p, x, key)[0], p)
+        return vjp(dY)[0], None
+    _, vjp = jax.vjp(lambda p, x: module.forward(p, x, key)[0], p, x)
+    return vjp(dY)
+
+
 def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
                  trials: int = 3, rtol: Optional[float] = None,
                  atol: Optional[float] = None) -> Report:
@@ -286,16 +321,12 @@ def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"X: expected floats when the module has no float params, got {dtype}")
     integer_input = jnp.issubdtype(X.dtype, jnp.integer)
-    Y, residuals = module.forward(params, X, key)
+    Y, residuals = _forward(module, params, X, key)
     dYs = [jax.random.normal(k, Y.shape, Y.dtype)
            for k in jax.random.split(jax.random.key(0), trials)]
 
     def pullback(p, x, dY):
-        if integer_input:
-            _, vjp = jax.vjp(lambda p: module.forward(p, x, key)[0], p)
-            return vjp(dY)[0], None
-        _, vjp = jax.vjp(lambda p, x: module.forward(p, x, key)[0], p, x)
-        return vjp(dY)
+        return _pullback(module, integer_input, p, x, dY, key)
 
     names = _leaf_names(params)
     guard = _structural.Guard({"params": params, "residuals": residuals}, dYs[0], "dY")
