@@ -5,7 +5,9 @@ temporary memory of each compiled program beside.
 Models (as issue 10 sets them):
   * cnn: the digits CNN on (B = 128, 8, 8, 1) images (``jaxbp.nn.digits_cnn``);
   * transformer: one causal block on token ids (B = 16, T = 64), vocab 64, d = 128,
-    4 heads (``jaxbp.nn.transformer_block``).
+    4 heads (``jaxbp.nn.transformer_block``);
+  * lstm-lm: a character LSTM language model on token ids (B = 32, T = 32), vocabulary 30,
+    Embedding(30, 64) -> LSTM(128) -> Linear(30) -> softmax, nll.
 
 Target: t_manual / t_autodiff ≤ 0.9 (the table's speedup ≥ 1/0.9), and temporary
 memory not above autodiff's.
@@ -50,8 +52,23 @@ def _tiny_transformer(batch, dtype, key):
     return _transformer(batch, dtype, key, T=8, vocab=11, dim=8, heads=2)
 
 
-CASES = (ModelCase("cnn", 128, _cnn), ModelCase("transformer", 16, _transformer))
-TINY_CASES = (ModelCase("cnn", 8, _cnn), ModelCase("transformer", 2, _tiny_transformer))
+def _lstm_lm(batch, dtype, key, *, T=32, vocab=30, dim=64, hidden=128):
+    model = nn.Sequential([nn.Embedding(vocab, dim), nn.LSTM(hidden), nn.Linear(vocab),
+                           nn.Activation("softmax")], "nll")
+    kp, kx = jax.random.split(key)
+    ids = jax.random.randint(kx, (batch, T + 1), 0, vocab)
+    Y = jax.nn.one_hot(ids[:, 1:], vocab, dtype=dtype)
+    return model, model.init(kp, (T,), dtype=dtype), ids[:, :-1], Y
+
+
+def _tiny_lstm_lm(batch, dtype, key):
+    return _lstm_lm(batch, dtype, key, T=4, vocab=7, dim=3, hidden=4)
+
+
+CASES = (ModelCase("cnn", 128, _cnn), ModelCase("transformer", 16, _transformer),
+         ModelCase("lstm-lm", 32, _lstm_lm))
+TINY_CASES = (ModelCase("cnn", 8, _cnn), ModelCase("transformer", 2, _tiny_transformer),
+              ModelCase("lstm-lm", 2, _tiny_lstm_lm))
 
 
 def run_models(cases, dtype, *, repeats, min_sample_s, max_s, seed=0) -> list:

@@ -43,7 +43,7 @@ def check_json_has_every_case_and_task(result):
     got = [(r["case"], r["dtype"], r["task"]) for r in result["rows"]]
     want = [("small", "float32", t) for t in TASKS]
     want += [("large", "float32", t) for t in TASKS[:1] + ["gflops_vs_dot"] + TASKS[1:]]
-    want += [(name, "float32", "model_grad") for name in ("cnn", "transformer")]  # jaxbp.nn
+    want += [(name, "float32", "model_grad") for name in ("cnn", "transformer", "lstm-lm")]  # jaxbp.nn
     want += [(name, "float32", "private_clip") for name in ("mlp", "cnn", "transformer")]
     assert got == want
     assert 0 < result["peak_rss_gb"] < 4

@@ -10,18 +10,19 @@ import jax.numpy as jnp
 
 from jaxbp.core._activations import sigmoid
 from jaxbp.nn._module import Module, bias
-from jaxbp.nn._recurrent import (Recurrent, check_hidden, check_input, init_weights, previous,
+from jaxbp.nn._recurrent import (Recurrent, check_hidden, check_input, init_weights,
                                  recurrent_module, time_major)
 
 LSTM_GATES = ("i", "f", "o", "g")
 
 
 class LSTMResiduals(NamedTuple):
-    """What the backward needs: X (B, T, D); H, C, tanh_C (B, T, H); gates (B, T, 4H) = [i f o g]."""
+    """What the backward needs: X (B, T, D), H (B, T, H); time-major (the backward scan's
+    order): C_prev = c_{t−1} and tanh_C = tanh(c_t) (T, B, H), gates (T, B, 4H) = [i f o g]."""
 
     X: jax.Array
     H: jax.Array
-    C: jax.Array
+    C_prev: jax.Array
     tanh_C: jax.Array
     gates: jax.Array
 
@@ -88,15 +89,16 @@ def _lstm(n: int) -> Module:
             A = ax + h @ params.Wh  # (B, H) @ (H, 4H) -> (B, 4H)
             ifo, g = sigmoid(A[:, :3 * n]), jnp.tanh(A[:, 3 * n:])
             i, f, o = ifo[:, :n], ifo[:, n:2 * n], ifo[:, 2 * n:]
-            c = f * c + i * g
+            c_prev, c = c, f * c + i * g
             tanh_c = jnp.tanh(c)
             h = o * tanh_c
-            return (h, c), (h, c, tanh_c, jnp.concatenate([ifo, g], axis=-1))
+            return (h, c), (h, c_prev, tanh_c, jnp.concatenate([ifo, g], axis=-1))
 
         zeros = jnp.zeros((X.shape[0], n), Ax.dtype)
-        _, outs = jax.lax.scan(step, (zeros, zeros), time_major(Ax))
-        H, C, tanh_C, gates = (time_major(x) for x in outs)
-        return H, LSTMResiduals(X, H, C, tanh_C, gates)
+        _, (H, C_prev, tanh_C, gates) = jax.lax.scan(step, (zeros, zeros), time_major(Ax))
+        H = time_major(H)
+        # The backward's scan reads these time-major: kept so, no transposes either way.
+        return H, LSTMResiduals(X, H, C_prev, tanh_C, gates)
 
     def cotangents(params, res, dY):
         def step(carry, inputs):
@@ -112,9 +114,8 @@ def _lstm(n: int) -> Module:
             return (dA @ params.Wh.T, dc * f), dA  # carried to t−1: (B, 4H) @ (4H, H)
 
         zeros = jnp.zeros((dY.shape[0], n), dY.dtype)
-        inputs = (dY, previous(res.C), res.tanh_C, res.gates)
-        _, dA = jax.lax.scan(step, (zeros, zeros), tuple(time_major(x) for x in inputs),
-                             reverse=True)
+        inputs = (time_major(dY), res.C_prev, res.tanh_C, res.gates)
+        _, dA = jax.lax.scan(step, (zeros, zeros), inputs, reverse=True)
         dA = time_major(dA)
         return dA, dA, dA @ params.Wx.T  # (B, T, 4H) @ (4H, D)
 
