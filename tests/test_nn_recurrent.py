@@ -42,7 +42,7 @@ def test_backward_matches_vjp(kind, jit):
     assert_backward_matches(_jitted(module) if jit else module, params, X)
 
 
-@settings(max_examples=6)
+@settings(max_examples=5)
 @given(kind=st.sampled_from(sorted(MAKERS)), B=st.integers(1, 3), T=st.integers(1, 6),
        D=st.integers(1, 4), H=st.integers(1, 5), dtype=st.sampled_from([jnp.float64, jnp.float32]),
        seed=st.integers(0, 2**16))
@@ -88,21 +88,18 @@ def _private_both(model, params, X, Y):
     scale = C / jnp.maximum(norms, C)
     clipped = jax.tree.map(lambda l: jnp.mean(l * scale.reshape((B,) + (1,) * (l.ndim - 1)), 0), g)
     ours = (model.per_example_grad_norms(params, X, Y), model.clipped_grad(params, X, Y, C))
-    return ours, (norms, clipped), model.value_and_grad(params, X, Y)[1], jax.grad(model.loss)(
-        params, X, Y)
+    return ours, (norms, clipped)
 
 
 def test_char_model_grads_and_per_example():
-    """Two cells stacked after an Embedding: the chain against jax.grad, and the private norms
-    and clipped sum against vmap(jax.grad). With T = 3 (2T² = 18) the rule picks the
+    """Two cells stacked after an Embedding: the private norms and clipped sum against
+    vmap(jax.grad) (the chain's batch gradient: test_verify_recurrent). With T = 3 (2T² = 18) the rule picks the
     materialized gradient for LSTM(2)'s Wh (2·8), the ghost (T, T) Grams for its Wx (4·8) and
     for GRU(5)'s Wx (2·15) and Wh (5·15). (The RNN shares this code; its BPTT is tested above.)"""
     model = nn.Sequential([nn.Embedding(7, 4), nn.LSTM(2), nn.GRU(5), nn.Linear(7),
                            nn.Activation("softmax")], "nll")
     params, X, Y = _char_batch(model, 3, 3, 7, seed=1)
-    (norms, clipped), (norms_want, clipped_want), grads, grads_want = _private_both(
-        model, params, X, Y)
-    assert _rel(grads, grads_want) <= 1e-10
+    (norms, clipped), (norms_want, clipped_want) = _private_both(model, params, X, Y)
     assert _rel(norms, norms_want) <= 1e-10
     assert _rel(clipped, clipped_want) <= 1e-10
 

@@ -144,10 +144,10 @@ def test_check_module_names_time_step_and_gate(bug, time_step, gate):
         assert report.gate[0] == gate
 
 
-@pytest.mark.parametrize("cell", [nn.LSTM, nn.GRU], ids=["LSTM", "GRU"])
-def test_built_in_cells_pass_in_float32(cell):
-    model = nn.Sequential([nn.Embedding(6, 3), cell(4), nn.Linear(6), nn.Activation("softmax")],
-                          "nll")
+def test_built_in_lstm_model_passes_in_float32():
+    """The chain Embedding -> LSTM -> Linear -> softmax (fused nll) within float32's budget."""
+    model = nn.Sequential([nn.Embedding(6, 3), nn.LSTM(4), nn.Linear(6),
+                           nn.Activation("softmax")], "nll")
     params = model.init(jax.random.key(1), (T,))
     ids = jnp.asarray(np.random.default_rng(2).integers(0, 6, (B, T)))
     assert jaxbp.verify(model, params, ids, ids).ok
