@@ -91,12 +91,12 @@ def _private_both(model, params, X, Y):
     return ours, (norms, clipped)
 
 
-def test_char_model_grads_and_per_example():
-    """Two cells stacked after an Embedding: the private norms and clipped sum against
-    vmap(jax.grad) (the chain's batch gradient: test_verify_recurrent). With T = 3 (2T² = 18) the rule picks the
-    materialized gradient for LSTM(2)'s Wh (2·8), the ghost (T, T) Grams for its Wx (4·8) and
-    for GRU(5)'s Wx (2·15) and Wh (5·15). (The RNN shares this code; its BPTT is tested above.)"""
-    model = nn.Sequential([nn.Embedding(7, 4), nn.LSTM(2), nn.GRU(5), nn.Linear(7),
+def test_char_model_per_example():
+    """The three cells stacked after an Embedding: the private norms and clipped sum against
+    vmap(jax.grad) (the chain's batch gradient: test_verify_recurrent). With T = 3 (2T² = 18)
+    the rule picks the materialized gradient for RNN(3)'s Wx (4·3) and Wh (3·3) and LSTM(2)'s Wh
+    (2·8), the ghost (T, T) Grams for LSTM(2)'s Wx (3·8) and GRU(5)'s Wx (2·15) and Wh (5·15)."""
+    model = nn.Sequential([nn.Embedding(7, 4), nn.RNN(3), nn.LSTM(2), nn.GRU(5), nn.Linear(7),
                            nn.Activation("softmax")], "nll")
     params, X, Y = _char_batch(model, 3, 3, 7, seed=1)
     (norms, clipped), (norms_want, clipped_want) = _private_both(model, params, X, Y)
