@@ -47,9 +47,12 @@ class _Buffer:
     def _flush(self):
         pending, self.pending = self.pending, {}
         root = self._value
-        columns = tuple(np.array(c, dtype=np.intp) for c in zip(*pending))
-        values = jnp.stack([jnp.asarray(v, root.dtype) for v in pending.values()])
-        self._value = jnp.asarray(root).at[columns].set(values, unique_indices=True)
+        value = jnp.asarray(root)
+        one = (1,) * value.ndim
+        for key, v in pending.items():  # one shared program per entry, not a stack of n
+            value = jax.lax.dynamic_update_slice(
+                value, jnp.reshape(jnp.asarray(v, value.dtype), one), np.array(key, np.int32))
+        self._value = value
 
     def set(self, value):
         if is_traced(value) and not is_traced(self._value):
