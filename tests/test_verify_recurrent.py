@@ -151,3 +151,20 @@ def test_built_in_lstm_model_passes_in_float32():
     params = model.init(jax.random.key(1), (T,))
     ids = jnp.asarray(np.random.default_rng(2).integers(0, 6, (B, T)))
     assert jaxbp.verify(model, params, ids, ids).ok
+
+
+def test_check_module_names_a_gru_gate():
+    """The built-in GRU with its z block's bias gradient zeroed: gate z alone (b_hn, (H,) with
+    H = k = 3, is not split into blocks)."""
+    gru = nn.GRU(3)
+
+    def backward(p, residuals, dY):
+        dp, dX = gru.backward(p, residuals, dY)
+        return dp._replace(b=dp.b.at[3:6].set(0.0)), dX
+
+    mine = gru._replace(name="my_gru", backward=backward)
+    params, _ = gru.init(jax.random.key(0), (4, 2), jnp.float64)
+    report = jaxbp.check_module(mine, params, jnp.asarray(np.random.default_rng(0).normal(
+        size=(2, 4, 2))), trials=2)
+    assert (report.ok, report.suspect, report.time_step, report.gate) == (False, "param", None,
+                                                                         ("z",))

@@ -38,8 +38,10 @@ from jaxbp.core._tolerances import roundoff_budget
 def gated_names(gates: tuple, shapes: dict) -> list:
     """The leaves (by name) split into gate blocks: last axis = the widest multiple of k."""
     k = len(gates)
+    if not k:
+        return []
     widths = [s[-1] for s in shapes.values() if len(s) and s[-1] and s[-1] % k == 0]
-    if not k or not widths:
+    if not widths:
         return []
     return [name for name, s in shapes.items() if len(s) and s[-1] == max(widths)]
 
