@@ -177,6 +177,19 @@ def test_module_objects(build, X, Y, first_bad):
         assert [r.parameter for r in report.rows if r.layer == 1] == ["input", "dLdW", "dLdW0"]
 
 
+@pytest.mark.parametrize("activation, first_bad", [
+    (hw.EntryTanh, None), (hw.EntrySlipTanh, "module 2 (EntrySlipTanh) input"),
+], ids=["float-per-entry", "float-per-entry-slip"])
+def test_untraceable_module_falls_back_to_finite_differences(activation, first_bad):
+    modules, loss = _homework(activation)
+    report = jaxbp.check_modules(modules, loss, X_COLUMNS, Y_COLUMNS)
+    assert (report.truth, report.first_bad) == ("finite differences", first_bad), str(report)
+    why = next(n for n in report.notes if "could not be traced" in n)
+    assert "float()" in why and "homework.py" in why and "float(Z[index])" in why, why
+    assert any("fused" in n for n in report.notes)
+    assert all(type(v) is not jaxbp.bridge.BArray for m in modules for v in vars(m).values())
+
+
 def test_module_backprop_needs_no_flags_and_names_a_layout_mismatch():
     import jax
     from jaxbp.check._selftest import random_problem

@@ -14,6 +14,7 @@ from jaxbp.bridge._as_jax import call as _as_jax_call, check_scope
 from jaxbp.bridge._values import STATE
 from jaxbp.check import _numpy_common as common
 from jaxbp.check._compare import BackpropError
+from jaxbp.check._numpy_fd import fd_pairs
 from jaxbp.check._numpy_report import numpy_report
 
 _GRAD_NAMES = ("dLd{}", "d{}", "d_{}", "grad_{}", "{}_grad")
@@ -81,6 +82,13 @@ def check_modules(modules, loss_module, X, Y, *, grads=None, rtol=None, atol=Non
     modules' own forwards. The homework's fused convention (NLL's backward returns ∂L/∂z of
     the SoftMax's input, SoftMax's backward passes it on) is recognized and passes.
 
+    When the forwards cannot be traced (``float()`` of an entry, ``.item()``, ``math.exp``
+    of an entry, ``np.vectorize``) or the traced loss does not reproduce the NumPy loss, a
+    note says why (the NumPy call and your source line) and the truth is float64 central
+    differences of the plain NumPy chain (``report.truth == "finite differences"``): each
+    parameter and each activation moved entry by entry (random directions first for ones
+    over 256 entries), as ``check_layer`` does.
+
     Args:
       modules: the layers and activations in forward order.
       loss_module: the loss, with ``forward(A, Y)`` and ``backward()``.
@@ -92,7 +100,8 @@ def check_modules(modules, loss_module, X, Y, *, grads=None, rtol=None, atol=Non
     Returns:
       A ``Report`` (mode "modules"): rows in backprop order, ``first_bad_layer`` the first
       wrong module (1-based, the loss module is len(modules) + 1), ``module`` its class
-      name and ``first_bad`` e.g. "module 2 (Tanh) input".
+      name, ``first_bad`` e.g. "module 2 (Tanh) input", ``truth`` "jax" or "finite
+      differences".
 
     Example:
       >>> import numpy as np, jaxbp
@@ -150,40 +159,45 @@ def check_modules(modules, loss_module, X, Y, *, grads=None, rtol=None, atol=Non
     dtype = np.result_type(X.dtype, *[p[2].dtype for ps in params for p in ps]) \
         if np.issubdtype(X.dtype, np.floating) else np.float64
     snapshot = [dict(vars(m)) for m in modules + [loss_module]]
+    L, notes, truth_kind = len(modules), [], "jax"
     try:
-        value, (g_params, g_acts) = _truth(modules, loss_module, params, acts, X, Y, state,
-                                           scope)
-    except Exception as e:
-        raise BackpropError(f"the modules' forward could not be traced: "
-                            f"{common.why_untraceable(e)} (check_modules has no "
-                            f"finite-difference fallback yet)") from e
+        try:
+            value, (g_params, g_acts) = _truth(modules, loss_module, params, acts, X, Y,
+                                               state, scope)
+            problem = common.reproduce([value], [loss], dtype, "loss")
+        except Exception as e:
+            problem = f"the modules' forward could not be traced: {common.why_untraceable(e)}"
+        if problem is None:
+            fused = not _close(top, g_acts[L]) and _close(top, g_acts[L - 1])
+
+            def pair(name, k, yours, layer, param=None):  # k: the activation, or the module
+                truth = g_acts[k] if param is None else g_params[k][param]
+                return common.Pair(name, yours[None], np.asarray(truth)[None], layer=layer)
+        else:
+            notes.append(f"{problem}; the truth is float64 central differences of the NumPy "
+                         f"forward")
+            truth_kind = "finite differences"
+            pair = _fd_pair(modules, loss_module, params, acts, X, Y, state, dtype)
+            fused = (not common.compare([pair("input", L, top, L + 1)], dtype=dtype,
+                                        fd=True)[0].ok
+                     and common.compare([pair("input", L - 1, top, L)], dtype=dtype,
+                                        fd=True)[0].ok)
+        # ---- the one comparison, in backprop order
+        labels = [(L + 1, type(loss_module).__name__, "input")]
+        pairs_ = [pair("input", L - 1 if fused else L, top, L + 1)]  # fused: ∂L/∂z
+        for i in reversed(range(L)):
+            cls = type(modules[i]).__name__
+            pairs_.append(pair("input", i, returned[i], i + 1))
+            labels.append((i + 1, cls, "input"))
+            for k, (p, g, _, mine) in enumerate(params[i]):
+                pairs_.append(pair(g, i, mine, i + 1, param=k))
+                labels.append((i + 1, cls, g))
     finally:
         for m, snap in zip(modules + [loss_module], snapshot):
             vars(m).clear()
             vars(m).update(snap)
-    problem = common.reproduce([value], [loss], dtype, "loss")
-    if problem:
-        raise BackpropError(problem)
-    # ---- the one comparison, in backprop order
-    L = len(modules)
-    names, pairs_ = [], []
-    fused = not _close(top, g_acts[L]) and _close(top, g_acts[L - 1])
-    loss_truth = g_acts[L - 1] if fused else g_acts[L]
-    labels = [(L + 1, type(loss_module).__name__, "input")]
-    pairs_.append(common.Pair(f"input", top[None], loss_truth[None], layer=L + 1))
-    for i in reversed(range(L)):
-        cls = type(modules[i]).__name__
-        want = g_acts[i]
-        if fused and i == L - 1:
-            want = g_acts[L - 1]  # SoftMax passes NLL's ∂L/∂z on
-        pairs_.append(common.Pair("input", returned[i][None], want[None], layer=i + 1))
-        labels.append((i + 1, cls, "input"))
-        for k, (p, g, _, mine) in enumerate(params[i]):
-            pairs_.append(common.Pair(g, mine[None], np.asarray(g_params[i][k])[None],
-                                      layer=i + 1))
-            labels.append((i + 1, cls, g))
-    rows = common.compare(pairs_, dtype=dtype, depth=L, rtol=rtol, atol=atol)
-    notes = []
+    rows = common.compare(pairs_, dtype=dtype, depth=L, rtol=rtol, atol=atol,
+                          fd=truth_kind != "jax")
     if fused:
         notes.append(f"fused: {type(loss_module).__name__}.backward returns ∂L/∂z of "
                      f"{type(modules[-1]).__name__}'s input, and "
@@ -196,7 +210,7 @@ def check_modules(modules, loss_module, X, Y, *, grads=None, rtol=None, atol=Non
                    else "input" if which == "input" else "param")
         extra = dict(first_bad=f"module {index} ({cls}) {which}", first_bad_layer=index,
                      module=cls, suspect=suspect)
-    return numpy_report(rows, mode="modules", dtype=dtype, trials=1, truth="jax",
+    return numpy_report(rows, mode="modules", dtype=dtype, trials=1, truth=truth_kind,
                         network=" → ".join(type(m).__name__ for m in modules + [loss_module]),
                         notes=notes, **extra)
 
@@ -206,23 +220,49 @@ def _close(a, b) -> bool:
         np.max(np.abs(a - b), initial=0.0) <= 1e-8 * max(np.max(np.abs(b), initial=0.0), 1e-30))
 
 
+def _chain(modules, loss_module, params, X, Y, P, E):
+    """The loss with parameters P set on the modules and E[k] added to activation k."""
+    for i, (m, ps) in enumerate(zip(modules, P)):
+        for (name, *_), value in zip(params[i], ps):
+            setattr(m, name, value)
+    A = X + E[0]
+    for i, m in enumerate(modules):
+        A = _run(m, "forward", A, attr="output") + E[i + 1]
+    STATE.floats = []
+    try:
+        out = _loss_forward(loss_module, A, Y)
+        floats = STATE.floats
+    finally:
+        STATE.floats = None
+    if isinstance(out, float) and len(floats) == 1 and floats[0][0] == out:
+        out = floats[0][1]  # `return float(np.sum(...))`: the traced sum
+    return out
+
+
+def _fd_pair(modules, loss_module, params, acts, X, Y, state, dtype):
+    """``pair(name, k, yours, layer, param=None)`` with the central-difference truth of the
+    plain NumPy chain (``jaxbp.check._numpy_fd``): activation k, or module k's parameter."""
+    P = [[p[2] for p in ps] for ps in params]
+    E = [np.zeros(np.shape(a)) for a in acts]
+
+    def pair(name, k, yours, layer, param=None):
+        def run(moved):
+            P_, E_ = [list(ps) for ps in P], list(E)
+            if param is None:
+                E_[k] = moved[0]
+            else:
+                P_[k][param] = moved[0]
+            np.random.set_state(state)
+            return [np.asarray(_chain(modules, loss_module, params, X, Y, P_, E_))]
+        value = E[k] if param is None else P[k][param]
+        return fd_pairs(run, [value], [name], np.ones((1, 1)), [yours[None]], dtype=dtype,
+                        layers=[layer])[0]
+    return pair
+
+
 def _truth(modules, loss_module, params, acts, X, Y, state, scope):
     def chain(P, E):
-        for m, ps in zip(modules, P):
-            for (name, *_), value in zip(params[modules.index(m)], ps):
-                setattr(m, name, value)
-        A = X + E[0]
-        for i, m in enumerate(modules):
-            A = _run(m, "forward", A, attr="output") + E[i + 1]
-        STATE.floats = []
-        try:
-            out = _loss_forward(loss_module, A, Y)
-            floats = STATE.floats
-        finally:
-            STATE.floats = None
-        if isinstance(out, float) and len(floats) == 1 and floats[0][0] == out:
-            out = floats[0][1]  # `return float(np.sum(...))`: the traced sum
-        return out
+        return _chain(modules, loss_module, params, X, Y, P, E)
 
     extra = tuple(type(m).forward for m in modules) + (type(loss_module).forward,)
 

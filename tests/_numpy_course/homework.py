@@ -2,6 +2,8 @@
 is (m, b)), parameters W (m, n) and W0 (n, 1), gradients kept as ``dLdW``/``dLdW0``, a loss
 summed over the batch whose backward returns ∂L/∂z of the SoftMax's input (fused)."""
 
+import math
+
 import numpy as np
 
 
@@ -34,6 +36,20 @@ class SlipTanh(Tanh):
 
     def backward(self, dLdA):
         return dLdA * (1.0 - self.A)
+
+
+class EntryTanh(Tanh):
+    """tanh entry by entry through Python floats: jax cannot trace ``float()`` of an entry."""
+
+    def forward(self, Z):
+        self.A = np.empty_like(Z)
+        for index in np.ndindex(*Z.shape):
+            self.A[index] = math.tanh(float(Z[index]))
+        return self.A
+
+
+class EntrySlipTanh(EntryTanh):
+    backward = SlipTanh.backward
 
 
 class ReLU:
