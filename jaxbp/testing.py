@@ -238,7 +238,25 @@ def assert_modules(modules, loss_module, X, Y, **kwargs):
       The ``jaxbp.Report`` (mode "modules") when every gradient is within budget.
 
     Raises:
-      AssertionError: a gradient is wrong; the message names the module.
+      AssertionError: a gradient is wrong; the message is the report, which names the
+        module (1-based) and which of its gradients.
+
+    Example:
+      >>> import numpy as np, jaxbp.testing
+      >>> class Square:
+      ...     def forward(self, A):
+      ...         self.A = A
+      ...         return A ** 2
+      ...     def backward(self, dA):
+      ...         return 2 * self.A * dA
+      >>> class Total:
+      ...     def forward(self, A, Y):
+      ...         return np.sum(A * Y)
+      ...     def backward(self):
+      ...         return np.ones((2, 3))
+      >>> X = np.linspace(-1, 1, 6).reshape(2, 3)
+      >>> jaxbp.testing.assert_modules([Square()], Total(), X, np.ones((2, 3))).ok
+      True
     """
     __tracebackhide__ = True
     return _check("assert_modules", check_modules, modules, loss_module, X, Y, **kwargs)

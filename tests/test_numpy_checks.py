@@ -190,6 +190,27 @@ def test_untraceable_module_falls_back_to_finite_differences(activation, first_b
     assert all(type(v) is not jaxbp.bridge.BArray for m in modules for v in vars(m).values())
 
 
+@pytest.mark.parametrize("assertion, check, args, first_line", [
+    ("assert_layer", "check_layer", lambda: (L.affine_forward, wrong(L.affine_backward, 2),
+                                             *LAYERS["affine"][2]),
+     "jaxbp.check_layer: WRONG — b"),
+    ("assert_loss", "check_loss", lambda: (
+        lambda x, y: (L.softmax_loss(x, y)[0], 2 * L.softmax_loss(x, y)[1]), normal(3, 4),
+        np.array([0, 3, 1])), "jaxbp.check_loss: WRONG — params"),
+    ("assert_modules", "check_modules", lambda: (*_homework(hw.SlipTanh), X_COLUMNS,
+                                                 Y_COLUMNS),
+     "jaxbp.check_modules: WRONG — module 2 (SlipTanh)"),
+], ids=["layer", "loss", "modules"])
+def test_pytest_assertions_fail_with_the_report(assertion, check, args, first_line):
+    args = args()
+    with pytest.raises(AssertionError) as failed:
+        getattr(jaxbp.testing, assertion)(*args)
+    message = str(failed.value)
+    assert message.startswith(f"{assertion}: gradients disagree with the reference\n"
+                              f"{first_line}"), message
+    assert message.endswith(str(getattr(jaxbp, check)(*args)))
+
+
 def test_module_backprop_needs_no_flags_and_names_a_layout_mismatch():
     import jax
     from jaxbp.check._selftest import random_problem
