@@ -161,12 +161,27 @@ def diagnose(rows, *, structure: Optional[Callable] = None, upstream=None, sizes
                        for edge, by_leaf in (got if part == "missing" else ())
                        if by_leaf[r.leaf] is not None
                        and np.size(by_leaf[r.leaf]) == np.size(r.truth)]
+            regions += _unions(regions)
             if regions or missing:
                 found[r.where] = _fits.fit_row(r.where, r.yours, r.truth, r.budget,
                                                regions=regions, missing=missing,
                                                upstream=upstream, sizes=sizes,
                                                batch_size=batch_size)
     return merge(*found.values())
+
+
+def _unions(regions) -> list:
+    """One region per kind that several sites share (a loop's windows, one per step)."""
+    out = []
+    for kind in dict.fromkeys(k for k, *_ in regions):
+        same = [r for r in regions if r[0] == kind]
+        if len(same) < 2 or kind == "time steps":
+            continue
+        mask = np.logical_or.reduce([np.asarray(r[2]) for r in same])
+        groups = None if any(r[3] is None for r in same) else sum(
+            np.asarray(r[3], np.float64) for r in same)
+        out.append((kind, f"{len(same)} sites ({same[0][1]}, …, {same[-1][1]})", mask, groups))
+    return out
 
 
 def row_label(mode: str, row) -> str:
@@ -176,18 +191,20 @@ def row_label(mode: str, row) -> str:
     return f"{'module' if mode in ('model', 'module') else 'layer'} {row.layer} {row.parameter}"
 
 
-def settle(report, findings):
+def settle(report, findings, label: Optional[Callable] = None):
     """``report`` with its diagnosis; wrong only at kinks (valid subgradients): ``ok``.
 
     Every wrong row explained by a "kink" finding becomes ok; when no wrong row is left,
     the report is ok (this is on purpose: a valid subgradient is not a mistake).
+    ``label(row)`` is a row's ``where`` when the check labels rows its own way.
     """
+    label = label or (lambda r: row_label(report.mode, r))
     findings = merge(report.diagnosis, findings)
     kinks = {f.where for f in findings if f.kind == "kink"}
     if not kinks:
         return dataclasses.replace(report, diagnosis=tuple(findings))
-    rows = tuple(dataclasses.replace(r, ok=True) if not r.ok and row_label(report.mode, r)
-                 in kinks else r for r in report.rows)
+    rows = tuple(dataclasses.replace(r, ok=True) if not r.ok and label(r) in kinks else r
+                 for r in report.rows)
     note = ("the only disagreement is at kinks of the forward (ReLU at 0, ties in a max), "
             "where yours is a valid subgradient: ok")
     if any(not r.ok for r in rows):

@@ -7,10 +7,8 @@ convolution's padding reaches ("border"), at a ReLU's 0 ("kink"). jaxbp reads th
 places from the forward itself, never from names:
 
 * ``read_regions`` runs the forward's jaxpr (inlining ``jit``, ``custom_jvp`` and
-  ``custom_vjp`` calls) in float64 and finds the sites: ``max(x, 0)`` (a mask x > 0 and
-  its kink x = 0), ``select_n`` on a boolean (a mask), ``reduce_max``/``reduce_min`` and
-  ``max(a, b)`` (ties), ``gather`` (repeated rows), ``conv_general_dilated`` with padding
-  (the border). Each site's region is an indicator on the site's operand; one batched
+  ``custom_vjp`` calls) in float64 and finds the sites (``_diagnose_sites``: ReLUs, masks,
+  max reductions, argmax and max windows, gathers, padded convolutions, scans). Each site's region is an indicator on the site's operand; one batched
   vjp of the forward's prefix pulls every indicator back to the leaves (params, inputs),
   so a region is known in the space of each gradient row. A region that covers the whole
   leaf says nothing and is dropped.
@@ -30,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
+
+from jaxbp.check._diagnose_sites import Capture as _Capture, parts as _parts
 
 MAX_SITES = 24  # regions pulled back per check (the most specific first)
 MAX_EDGES = 16  # consumer edges tried for "missing term"
@@ -96,133 +96,6 @@ def _is_float(x) -> bool:
     return jnp.issubdtype(jnp.result_type(x), jnp.floating)
 
 
-def _is_zero_literal(eqn, i) -> bool:
-    v = eqn.invars[i]
-    return isinstance(v, Literal) and np.ndim(v.val) == 0 and float(v.val) == 0.0
-
-
-def _candidate(eqn) -> tuple:
-    """The operand positions to capture when ``eqn`` may be a site (decided from its form)."""
-    name, invars = eqn.primitive.name, eqn.invars
-    floating = [jnp.issubdtype(v.aval.dtype, jnp.floating) for v in invars]
-    if name == "max" and len(invars) == 2 and all(floating):
-        zero = [k for k in (0, 1) if _is_zero_literal(eqn, k)]
-        if len(zero) == 1:
-            return (1 - zero[0],)
-        if not zero and invars[0].aval.shape == invars[1].aval.shape:
-            return (0, 1)
-    if name in ("reduce_max", "reduce_min") and floating[0]:
-        return (0,)
-    if name == "select_n" and len(invars) == 3 and invars[0].aval.dtype == jnp.bool_ and all(
-            floating[1:]):
-        return (0,) + tuple(k for k in (1, 2) if not isinstance(invars[k], Literal)
-                            and invars[k].aval.shape == invars[0].aval.shape)
-    if name == "gather" and floating[0]:
-        dn = eqn.params["dimension_numbers"]
-        if tuple(dn.start_index_map) == (0,) and not dn.operand_batching_dims:
-            return (0, 1)
-    if name == "conv_general_dilated":
-        return (0, 1)
-    if name == "scan" and not eqn.params.get("reverse", False):
-        first = eqn.params["num_consts"] + eqn.params["num_carry"]
-        return tuple(k for k in range(first, len(invars)) if floating[k])
-    return ()
-
-
-class _Capture(_Hook):
-    """Captures the candidate sites' operands (one jitted run; metadata at trace time)."""
-
-    def __init__(self, picks=None):
-        self.count, self.picks, self.meta, self.values = 0, picks, [], []
-
-    def after(self, eqn, invals, outs):
-        ks = _candidate(eqn) if self.picks is None else self.picks.get(self.count, ())
-        if ks:
-            self.meta.append((self.count, eqn, ks))
-            self.values.append([invals[k] for k in ks])
-        self.count += 1
-
-
-def _parts(i, eqn, ks, xs) -> list:
-    """(site label, operand positions, [(kind, masks per operand, labels or None)]) or None."""
-    name = eqn.primitive.name
-    xs = [np.asarray(x) for x in xs]
-    if name == "max" and len(ks) == 1:  # a ReLU: mask x > 0, kink x = 0
-        x = xs[0]
-        return f"relu #{i}", ks, [("masked", (x <= 0,), None), ("kink", (x == 0,), None)]
-    if name == "max":
-        tie = xs[0] == xs[1]
-        if tie.any():
-            label = np.where(tie, 1.0 + np.random.default_rng(i).random(tie.shape), 0.0)
-            return f"max #{i}", ks, [("ties", (tie, tie), (label, label))]
-    if name in ("reduce_max", "reduce_min"):
-        x, axes = xs[0], tuple(eqn.params["axes"])
-        m = x.max(axis=axes, keepdims=True) if name == "reduce_max" else x.min(
-            axis=axes, keepdims=True)
-        eq = x == m
-        tie = eq & (eq.sum(axis=axes, keepdims=True) >= 2)
-        if tie.any():
-            kept = tuple(d for d in range(x.ndim) if d not in axes)
-            ids = np.zeros(x.shape, np.int64)
-            if kept:
-                flat = np.arange(int(np.prod([x.shape[d] for d in kept]))).reshape(
-                    tuple(x.shape[d] for d in kept))
-                ids = np.broadcast_to(np.expand_dims(flat, axes), x.shape)
-            weights = 1.0 + np.random.default_rng(i).random(int(ids.max()) + 1)
-            return f"{name} #{i}", ks, [("ties", (tie,), (np.where(tie, weights[ids], 0.0),))]
-    if name == "select_n" and len(ks) > 1:
-        pred = xs[0]
-        if 0 < pred.sum() < pred.size:  # off: where the case holding the data is not chosen
-            masks = tuple(~pred if k == 2 else pred for k in ks[1:])
-            return f"select_n #{i}", ks[1:], [("masked", masks, None)]
-    if name == "gather":
-        operand, ids = xs
-        ids = ids[..., 0].ravel()
-        counts = np.bincount(ids[(ids >= 0) & (ids < operand.shape[0])],
-                             minlength=operand.shape[0])
-        rows = counts >= 2
-        if rows.any():
-            mask = np.broadcast_to(rows.reshape((-1,) + (1,) * (operand.ndim - 1)), operand.shape)
-            return f"gather #{i}", ks[:1], [("repeated ids", (mask,), None)]
-    if name == "scan":  # each scanned entry labelled with its step t + 1
-        labels = tuple(np.broadcast_to(np.arange(1.0, x.shape[0] + 1).reshape(
-            (-1,) + (1,) * (x.ndim - 1)), x.shape) for x in xs)
-        return f"scan #{i}", ks, [("time steps", tuple(np.ones(x.shape, bool) for x in xs),
-                                   labels)]
-    if name == "conv_general_dilated":
-        border = _conv_border(xs[0].shape, xs[1].shape, eqn.params)
-        if border is not None:
-            return f"conv #{i}", ks[:1], [("border", (border,), None)]
-    return None
-
-
-def _conv_border(lhs_shape, rhs_shape, params) -> Optional[np.ndarray]:
-    """The input positions (lhs space) read by some window that also reads padding."""
-    pads = params["padding"]
-    if isinstance(pads, str) or not any(lo or hi for lo, hi in pads):
-        return None
-    if any(d != 1 for d in params["lhs_dilation"]):
-        return None
-    dn = params["dimension_numbers"]
-    mask = np.zeros(lhs_shape, bool)
-    for s, ((lo, hi), stride, rd) in enumerate(zip(pads, params["window_strides"],
-                                                   params["rhs_dilation"])):
-        n, k = lhs_shape[dn.lhs_spec[2 + s]], rhs_shape[dn.rhs_spec[2 + s]]
-        reach = (k - 1) * rd + 1
-        n_out = (n + lo + hi - reach) // stride + 1
-        touched = np.zeros(n, bool)
-        for o in range(n_out):
-            start = o * stride - lo  # first input position of window o (may be < 0)
-            taps = start + np.arange(k) * rd
-            if taps.min() < 0 or taps.max() > n - 1:
-                inside = taps[(taps >= 0) & (taps < n)]
-                touched[inside] = True
-        shape = [1] * len(lhs_shape)
-        shape[dn.lhs_spec[2 + s]] = n
-        mask |= touched.reshape(shape)
-    return mask if mask.any() and not mask.all() else None
-
-
 def _closed(fn, leaves):
     return jax.make_jaxpr(fn)(*leaves)
 
@@ -249,7 +122,7 @@ def read_regions(fn: Callable, leaves) -> tuple:
 
         values = jax.jit(collect)(*leaves)  # a fresh jit: traced (and captured) every time
         sites = [(m[0], p) for m, xs in zip(capture.meta, values)
-                 if (p := _parts(m[0], m[1], m[2], xs)) is not None]
+                 if (p := _parts(m[0], m[1], m[2], xs, m[3])) is not None]
         cts = [(label, kind, masks, labels, i, ks) for i, (label, ks, parts) in sites
                for kind, masks, labels in parts][:MAX_SITES]
         if not cts:

@@ -11,6 +11,7 @@ import numpy as np
 from jaxbp.bridge._as_jax import call as _as_jax_call, check_scope
 from jaxbp.check import _numpy_common as common, _structural
 from jaxbp.check._compare import BackpropError, check_tolerance
+from jaxbp.check._diagnose_numpy import for_numpy
 from jaxbp.check._numpy_fd import fd_pairs
 from jaxbp.check._numpy_report import numpy_report
 from jaxbp.check._sequence import locate_gates, locate_time
@@ -155,7 +156,6 @@ def check_layer(forward: Callable, backward: Callable, *inputs, wrt=None,
         flat = np.stack([np.concatenate([d.ravel() for d in dt]) for dt in douts])
         pairs = fd_pairs(run, [inputs[i] for i in idx], [names[i] for i in idx], flat, yours,
                          dtype=dtype)
-    np.random.set_state(after)
     rows = common.compare(pairs, dtype=dtype, rtol=rtol, atol=atol,
                           fd=truth_kind != "jax")
     time_step, gate = None, ()
@@ -180,9 +180,35 @@ def check_layer(forward: Callable, backward: Callable, *inputs, wrt=None,
     report = numpy_report(rows, mode="layer", dtype=dtype, trials=trials, truth=truth_kind,
                           network=getattr(forward, "__name__", repr(forward)), notes=notes,
                           time_step=time_step, gate=gate)
+    report = _diagnose_layer(report, pairs, forward, inputs, idx, names, douts, state, scope,
+                             truth_kind, time_axis)
+    np.random.set_state(after)
     dout = [d.astype(np.result_type(y)) for d, y in zip(douts[0], outs)]  # trial 0's
     return _structural.apply(report, _structural.host_layer_findings(
         backward, dout, cache, [y[0] for y in yours], rows))  # two more backward calls
+
+
+def _diagnose_layer(report, pairs, forward, inputs, idx, names, douts, state, scope,
+                    truth_kind, time_axis):
+    """The report's diagnosis (only when a row failed): the traced forward's structure."""
+    if report.ok:
+        return report
+
+    def fn(*w):
+        values = common.fresh(list(inputs))
+        for k, i in enumerate(idx):
+            values[i] = w[k]
+        np.random.set_state(state)
+        return _split(_as_jax_call(forward, values, {}, scope=scope), "forward")[0]
+
+    first = np.shape(inputs[idx[0]])
+    sizes = {"B": int(first[0])} if first else {}
+    if time_axis is not None and len(first) > time_axis:
+        sizes["T"] = int(first[time_axis])
+    return for_numpy(report, pairs, labels=[p.name for p in pairs],
+                     fn=fn if truth_kind == "jax" else None,
+                     leaves=[inputs[i] for i in idx], leaf_of=list(range(len(idx))),
+                     cotangents=[tuple(d) for d in douts], sizes=sizes, time_axis=time_axis)
 
 
 class _NoTruth(Exception):

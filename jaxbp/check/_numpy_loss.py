@@ -11,6 +11,7 @@ import numpy as np
 from jaxbp.bridge._as_jax import call as _as_jax_call, check_scope
 from jaxbp.check import _numpy_common as common
 from jaxbp.check._compare import BackpropError, check_tolerance
+from jaxbp.check._diagnose_numpy import for_numpy
 from jaxbp.check._numpy_fd import fd_pairs
 from jaxbp.check._numpy_report import numpy_report
 
@@ -136,10 +137,23 @@ def check_loss(fn: Callable, params, *args, rtol: Optional[float] = None,
         truth_kind = "finite differences"
         pairs = fd_pairs(lambda moved: [plain(rebuild(moved))[0]], arrays, names,
                          np.ones((1, 1)), yours, dtype=dtype)
-    np.random.set_state(after)
     rows = common.compare(pairs, dtype=dtype, rtol=rtol, atol=atol, fd=truth_kind != "jax")
-    return numpy_report(rows, mode="loss", dtype=dtype, trials=1, truth=truth_kind,
-                        network=getattr(fn, "__name__", repr(fn)), notes=notes)
+    report = numpy_report(rows, mode="loss", dtype=dtype, trials=1, truth=truth_kind,
+                          network=getattr(fn, "__name__", repr(fn)), notes=notes)
+    if not report.ok:
+        def loss_of(*leaves):
+            np.random.set_state(state)
+            out = _as_jax_call(fn, [rebuild(list(leaves)), *common.fresh(args)], {},
+                               scope=scope)
+            return jnp.reshape(jnp.asarray(out[0]), ())
+
+        lead = [np.shape(a)[0] for a in (*args, *arrays) if np.ndim(a) >= 1]
+        report = for_numpy(report, pairs, labels=names,
+                           fn=loss_of if truth_kind == "jax" else None, leaves=arrays,
+                           leaf_of=list(range(len(arrays))), cotangents=[np.float64(1.0)],
+                           sizes={"B": int(lead[0])} if lead else {})
+    np.random.set_state(after)
+    return report
 
 
 class _NoTruth(Exception):
