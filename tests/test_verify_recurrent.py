@@ -142,6 +142,11 @@ def test_check_module_names_time_step_and_gate(bug, time_step, gate):
         assert report.gate == gate
     else:
         assert report.gate[0] == gate
+    found = report.diagnosis[0]  # the same reading of time and gates, as a finding
+    if bug == "dh dropped":
+        assert (found.kind, found.where, found.value) == ("time steps", "input", T - 2)
+    if bug == "bias gate zero":
+        assert found.where == "b" and "(in gate block o)" in found.detail
 
 
 def test_built_in_lstm_model_passes_in_float32():

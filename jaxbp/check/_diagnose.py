@@ -143,8 +143,9 @@ def diagnose(rows, *, structure: Optional[Callable] = None, upstream=None, sizes
 
     for part in ("regions", "missing"):  # the costlier reading only where still needed
         todo = unexplained() if structure is not None else []
-        if not todo:
-            break
+        if not todo or (part == "missing" and any(
+                f and f[0].kind == "time steps" for f in found.values())):
+            break  # a lost carry also spoils every weight's sum over steps: no term to find
         try:
             got = structure(part)
         except Exception as e:  # the structure is a bonus: an unreadable forward stays "other"

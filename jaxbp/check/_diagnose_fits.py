@@ -135,7 +135,7 @@ def _time_fit(where, yours, truth, budget, site, labels):
                 return None
             if loc.pattern == "carried" or (loc.pattern == "local" and loc.time_step in (
                     0, n - 1)):
-                return (Finding("time steps", where, f"along the steps of {site}: "
+                return (Finding("time steps", where, f"along {site}: "
                                 f"{loc.message}", float(loc.time_step)),)
             return None
     return None

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxbp.check import _diagnose, _diagnose_jaxpr
-from jaxbp.check._diagnose_reports import _upstream
+from jaxbp.check._diagnose_reports import _upstream, time_regions
 
 
 def _traceable(fn, leaves):
@@ -30,29 +30,10 @@ def _traceable(fn, leaves):
             return linear
 
 
-def _time_regions(leaves, time_axis):
-    """One "time steps" region: every leaf with the inputs' time axis, labelled t + 1."""
-    if time_axis is None:
-        return ()
-    lengths = [np.shape(x)[time_axis] for x in leaves if np.ndim(x) > max(time_axis, 1)]
-    if not lengths or lengths[0] < 2:
-        return ()
-    T = lengths[0]
-    masks, labels = [], []
-    for x in leaves:
-        shape = np.shape(x)
-        if len(shape) > max(time_axis, 1) and shape[time_axis] == T:
-            steps = np.arange(1.0, T + 1).reshape((-1,) + (1,) * (len(shape) - 1 - time_axis))
-            masks.append(np.ones(shape, bool))
-            labels.append(np.broadcast_to(steps, shape))
-        else:
-            masks.append(np.zeros(shape, bool))
-            labels.append(None)
-    return (_diagnose_jaxpr.Region("time steps", f"the loop over axis {time_axis}",
-                                   tuple(masks), tuple(labels)),)
-
-
 def _structure(fn, leaves, cotangents, time_axis):
+    length = np.shape(leaves[0])[time_axis] if time_axis is not None and leaves and np.ndim(
+        leaves[0]) > time_axis else None
+
     cached = {}
 
     def read(part):
@@ -60,7 +41,7 @@ def _structure(fn, leaves, cotangents, time_axis):
             cached["fn"] = _traceable(fn, leaves)
         target = cached["fn"]
         if part == "regions":
-            return _time_regions(leaves, time_axis) + _diagnose_jaxpr.read_regions(target,
+            return time_regions(leaves, time_axis, length) + _diagnose_jaxpr.read_regions(target,
                                                                                   leaves)
         return _diagnose_jaxpr.missing_terms(target, leaves, cotangents)
     return read

@@ -41,6 +41,51 @@ def _sizes(shape) -> dict:
     return sizes
 
 
+def time_regions(leaves, time_axis, length) -> tuple:
+    """One "time steps" region for a sequence check with a declared time axis: every leaf
+    shaped like a sequence batch (B, T, ...) with ``length`` steps, labelled t + 1."""
+    if time_axis is None or length is None or length < 2:
+        return ()
+    masks, labels = [], []
+    for x in leaves:
+        shape = np.shape(x)
+        if len(shape) > time_axis + 1 and time_axis >= 1 and shape[time_axis] == length:
+            steps = np.arange(1.0, length + 1).reshape((-1,) + (1,) * (len(shape) - 1 - time_axis))
+            masks.append(np.ones(shape, bool))
+            labels.append(np.broadcast_to(steps, shape))
+        else:
+            masks.append(np.zeros(shape, bool))
+            labels.append(None)
+    if not any(m.any() for m in masks):
+        return ()
+    return (_diagnose_jaxpr.Region("time steps", f"the steps of axis {time_axis}",
+                                   tuple(masks), tuple(labels)),)
+
+
+def with_time(structure, leaves, time_axis, x):
+    """``structure`` whose regions also hold the steps of x's declared time axis."""
+    if time_axis is None or structure is None or np.ndim(x) <= time_axis:
+        return structure
+
+    def read(part):
+        got = structure(part)
+        return (time_regions(leaves, time_axis, np.shape(x)[time_axis]) + tuple(got)
+                if part == "regions" else got)
+    return read
+
+
+def with_gates(report, gates):
+    """Findings on a gated leaf name the gate blocks ``report.gate`` found wrong, when those
+    are some of the module's gates, not all of them."""
+    if not report.gate or not gates or set(report.gate) >= set(gates):
+        return report
+    where = f" (in gate block{'s' if len(report.gate) > 1 else ''} {', '.join(report.gate)})"
+    found = tuple(f._replace(detail=f.detail + where) if not f.where.endswith("input")
+                  and f.kind not in ("not reentrant", "mutates input", "ignores upstream")
+                  else f for f in report.diagnosis)
+    return dataclasses.replace(report, diagnosis=found)
+
+
 def for_vjp(report, forward, primals, cotangents, arrays):
     """``check_vjp``: the leaves are the primals' leaves; arrays: [(yours, truth)] per row."""
     if report.ok:
@@ -77,8 +122,10 @@ def for_module(report, module, params, X, key, cotangents, arrays, names):
     rows = [_diagnose.RowData(_diagnose.row_label(report.mode, r), y, t, r.budget_abs,
                               index.get(r.parameter))
             for r, (y, t) in zip(report.rows, arrays) if not r.ok]
-    findings = _diagnose.diagnose(rows, structure=_structure(fn, leaves, cotangents),
-                                  upstream=_upstream(cotangents), sizes=_sizes(np.shape(X)))
+    structure = with_time(_structure(fn, leaves, cotangents), leaves,
+                          module.time_axis if floating else None, X)
+    findings = _diagnose.diagnose(rows, structure=structure, upstream=_upstream(cotangents),
+                                  sizes=_sizes(np.shape(X)))
     return _diagnose.settle(report, findings)
 
 
@@ -116,7 +163,9 @@ def for_model(report, model, params, X, key, i, arrays, x_truth):
             for r in report.rows if r.layer == i and not r.ok and (i, r.parameter) in arrays]
     upstream = None if top or x_truth[i] is None else [x_truth[i]]
     findings = _diagnose.diagnose(
-        rows, structure=None if upstream is None else _structure(fn, leaves, upstream),
+        rows, structure=None if upstream is None else with_time(
+            _structure(fn, leaves, upstream), leaves, module.time_axis if floating else None,
+            A),
         upstream=None if upstream is None else np.asarray(upstream[0])[None],
         sizes=_sizes(np.shape(X)))
     return _diagnose.settle(report, findings)

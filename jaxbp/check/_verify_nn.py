@@ -147,8 +147,9 @@ def verify_model(model: Sequential, params, X, Y, *, key: Optional[jax.Array] = 
                         notes=notes + (_budget_note(dtype, n, rtol, atol),), module=name,
                         **common)
         report = _diagnose_reports.for_model(report, model, params, X, key, i, arrays, x_truth)
-        return _verify_sequence.for_model(report, model, params, X, key, i,
-                                          {r: v for (j, r), v in arrays.items() if j == i})
+        report = _verify_sequence.for_model(report, model, params, X, key, i,
+                                            {r: v for (j, r), v in arrays.items() if j == i})
+        return _diagnose_reports.with_gates(report, model.modules[i - 1].gates)
     return Report(ok=True, first_bad_layer=None, suspect=None,
                   notes=(_budget_note(dtype, n, rtol, atol),), **common)
 
@@ -322,6 +323,7 @@ def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
     report = Report(ok=False, first_bad_layer=1, suspect=suspect, candidates=(suspect,),
                     notes=(note,), **common)
     report = _diagnose_reports.for_module(report, module, params, X, key, dYs, arrays, names)
-    return _verify_sequence.read(
+    report = _verify_sequence.read(
         report, module, None, {r.parameter: a for (_, r), a in zip(rows, arrays)},
         probe=lambda: _verify_sequence.entry_gates(module, params, X, key))
+    return _diagnose_reports.with_gates(report, module.gates)
