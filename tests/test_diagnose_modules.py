@@ -80,3 +80,17 @@ def test_check_module_names_the_kind(case, dtype):
     assert (report.diagnosis[0].kind, report.diagnosis[0].where) == (kind, where), str(report)
     if kind == "border":
         assert "explicit pad" in report.diagnosis[0].detail or case[0] == "conv-border"
+
+
+KINKED = jnp.array([[0.0, 1.5, -2.0], [0.7, 0.0, -0.3]])
+
+
+@pytest.mark.parametrize("t, kind, ok", [(0.5, "kink", True), (1.0, "kink", True),
+                                         (2.0, "masked", False), (-1.0, "masked", False)],
+                         ids=["half", "one", "two-not-a-subgradient", "minus-one"])
+def test_relu_kink_needs_t_in_zero_one(t, kind, ok):
+    """At x = 0 yours must be t·upstream with t in [0, 1] to be a kink; else it is wrong."""
+    def backward(x, dy):
+        return (dy * jnp.where(x > 0, 1.0, jnp.where(x == 0, t, 0.0)),)
+    report = jaxbp.check_vjp(jax.nn.relu, backward, KINKED)
+    assert (report.ok, report.diagnosis[0].kind) == (ok, kind), str(report)

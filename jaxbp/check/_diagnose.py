@@ -124,8 +124,9 @@ def diagnose(rows, *, structure: Optional[Callable] = None, upstream=None, sizes
     Args:
       rows: ``RowData`` of the rows that failed.
       structure: ("regions") -> tuple of ``Region``, ("missing") -> tuple of (edge,
-        per-leaf truth without it), from ``_diagnose_jaxpr``; None when the forward is
-        not at hand.
+        per-leaf truth without it), ("kinks") -> per leaf the truth with every kink's
+        derivative 0 and 1 (a valid subgradient lies between), from ``_diagnose_jaxpr``;
+        None when the forward is not at hand.
       upstream: the output cotangents stacked over trials, for reduction fits.
       sizes: named sizes a scale may match ({"B": 8, "T": 5}).
       batch_size: for batch-mean rows: B (a scale of B or 1/B is a reduction).
@@ -154,9 +155,11 @@ def diagnose(rows, *, structure: Optional[Callable] = None, upstream=None, sizes
                 f = found[r.where][0]
                 found[r.where] = (f._replace(detail=f.detail + note),)
             break
+        bounds = _kink_bounds(structure) if part == "regions" and any(
+            g.kind == "kink" for g in got) else None
         for r in todo:
-            regions = [(g.kind, g.site, g.masks[r.leaf],
-                        None if g.groups is None else g.groups[r.leaf])
+            regions = [(g.kind, g.site, g.masks[r.leaf], _bounds_of(bounds, r)
+                        if g.kind == "kink" else None if g.groups is None else g.groups[r.leaf])
                        for g in (got if part == "regions" else ()) if g.masks[r.leaf].any()]
             missing = [(edge, np.reshape(by_leaf[r.leaf], np.shape(r.truth)))
                        for edge, by_leaf in (got if part == "missing" else ())
@@ -169,6 +172,22 @@ def diagnose(rows, *, structure: Optional[Callable] = None, upstream=None, sizes
                                                upstream=upstream, sizes=sizes,
                                                batch_size=batch_size)
     return merge(*found.values())
+
+
+def _kink_bounds(structure):
+    """Per leaf, the truth with the kinks' derivative 0 and 1 (None when unreadable)."""
+    try:
+        return structure("kinks")
+    except Exception:  # no bounds: a disagreement at a kink is then not called one
+        return None
+
+
+def _bounds_of(bounds, r):
+    """Row r's (2, *row shape) subgradient bounds, or None."""
+    b = None if bounds is None or r.leaf is None else bounds[r.leaf]
+    if b is None or np.size(b) != 2 * np.size(r.truth):
+        return None
+    return np.reshape(b, (2,) + np.shape(r.truth))
 
 
 def _unions(regions) -> list:

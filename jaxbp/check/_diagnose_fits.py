@@ -119,6 +119,16 @@ def _in_region(e, mask, budget, groups, yours, truth):
     return True, valid
 
 
+def _subgradient(yours, mask, budget, bounds) -> bool:
+    """At the kink entries yours lies between the truths with derivative 0 and 1 there."""
+    if bounds is None or bounds.shape[1:] != yours.shape:
+        return False
+    lo, hi = np.minimum(bounds[0], bounds[1]), np.maximum(bounds[0], bounds[1])
+    mask = np.broadcast_to(mask, yours.shape)
+    return bool(np.all(yours[mask] >= lo[mask] - budget) and np.all(
+        yours[mask] <= hi[mask] + budget))
+
+
 def _time_fit(where, yours, truth, budget, site, labels):
     """A "time steps" finding when the labels mark a time axis and the wrong steps form the
     pattern of a lost carry, or one wrong first or last step (``_sequence.locate_time``)."""
@@ -178,7 +188,10 @@ def fit_row(where: str, yours, truth, budget: float, *, lead: int = 1, regions=(
     for kind, site, mask, groups in regions:
         if kind == "time steps":
             continue
-        explains, valid = _in_region(e, mask, budget, groups, yours, truth)
+        explains, valid = _in_region(e, mask, budget, None if kind == "kink" else groups,
+                                     yours, truth)
+        if kind == "kink" and explains:  # yours must be t·upstream, t in [0, 1], there
+            explains = _subgradient(yours, mask, budget, groups)
         size = int(np.sum(mask))
         if explains and (best is None or size < best[0]):
             best = (size, kind, site, valid)

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Literal
 
-from jaxbp.check._diagnose_sites import Capture as _Capture, parts as _parts
+from jaxbp.check._diagnose_sites import Capture as _Capture, is_zero_literal, parts as _parts
 
 MAX_SITES = 24  # regions pulled back per check (the most specific first)
 MAX_EDGES = 16  # consumer edges tried for "missing term"
@@ -268,3 +268,51 @@ def missing_terms(fn: Callable, leaves, cotangents) -> tuple:
                 by_leaf.append(np.asarray(per[floats.index(j)][e]) if j in floats else None)
             result.append((label, by_leaf))
     return tuple(result)
+
+
+class _KinkAt(_Hook):
+    """Every ReLU ``max(x, 0)`` with its derivative at x = 0 set to ``s`` (values unchanged)."""
+
+    def __init__(self, s):
+        self.s = s
+
+    def after(self, eqn, invals, outs):
+        zero = [k for k in (0, 1) if eqn.primitive.name == "max" and len(eqn.invars) == 2
+                and is_zero_literal(eqn, k)]
+        if len(zero) == 1:
+            x = invals[1 - zero[0]]
+            none = jnp.zeros_like(x)
+            outs[0] = jnp.where(x > 0, x, none) + self.s * jnp.where(
+                x == 0, x - jax.lax.stop_gradient(x), none)
+
+
+def kink_bounds(fn: Callable, leaves, cotangents) -> list:
+    """The truth with every ReLU's derivative at 0 taken as 0 and as 1: a subgradient's range.
+
+    A valid subgradient at a kink takes t·upstream there with t in [0, 1]; per leaf entry,
+    yours must lie between these two (checked entrywise).
+
+    Returns:
+      Per leaf a (2, trials, *leaf shape) float64 array (derivative 0, derivative 1), or
+      None for a non-float leaf.
+    """
+    with jax.enable_x64(True):
+        leaves = [jnp.asarray(x, jnp.float64) if _is_float(x) else jnp.asarray(x)
+                  for x in leaves]
+        closed = _closed(lambda *a: jax.tree.leaves(fn(*a)), leaves)
+        floats = [j for j, x in enumerate(leaves) if _is_float(x)]
+
+        def grads(s, dy, float_leaves):
+            def f(*fl):
+                args = list(leaves)
+                for j, x in zip(floats, fl):
+                    args[j] = x
+                return _run(closed.jaxpr, closed.consts, args, _KinkAt(s))
+            return jax.vjp(f, *float_leaves)[1](dy)
+
+        dys = [[jnp.asarray(d, jnp.float64) for d in jax.tree.leaves(dy)] for dy in cotangents]
+        dys = [jnp.stack([d[i] for d in dys]) for i in range(len(dys[0]))]
+        per = jax.jit(lambda dys, fl: [jax.vmap(lambda *d: grads(s, list(d), fl))(*dys)
+                                       for s in (0.0, 1.0)])(dys, [leaves[j] for j in floats])
+        return [np.stack([np.asarray(per[0][floats.index(j)]), np.asarray(per[1][floats.index(j)])])
+                if j in floats else None for j in range(len(leaves))]

@@ -43,6 +43,8 @@ def _structure(fn, leaves, cotangents, time_axis):
         if part == "regions":
             return time_regions(leaves, time_axis, length) + _diagnose_jaxpr.read_regions(target,
                                                                                   leaves)
+        if part == "kinks":
+            return _diagnose_jaxpr.kink_bounds(target, leaves, cotangents)
         return _diagnose_jaxpr.missing_terms(target, leaves, cotangents)
     return read
 

@@ -21,6 +21,8 @@ def _structure(fn, leaves, cotangents):
     def read(part):
         if part == "regions":
             return _diagnose_jaxpr.read_regions(fn, leaves)
+        if part == "kinks":
+            return _diagnose_jaxpr.kink_bounds(fn, leaves, cotangents)
         return _diagnose_jaxpr.missing_terms(fn, leaves, cotangents)
     return read
 
