@@ -231,3 +231,31 @@ def test_jax_checks_name_numpy_code():
         jaxbp.check_vjp(lambda x: np.tanh(x), lambda x, dy: dy, jnp.ones(3))
     with pytest.raises(jaxbp.BackpropError, match="looks like NumPy code.*check_loss"):
         jaxbp.finite_difference_grad(lambda w: np.sum(np.tanh(w)), jnp.ones(3))
+
+
+def _every_table_primitive(x, w):
+    """pad, dot, slices, updates, reductions, select, argmax, concat, elementwise, casts."""
+    import jax
+    p = jnp.pad(x, ((1, 1), (0, 2)))  # (5, 6)
+    y = jnp.tanh(p[:, :4] @ w) + jnp.exp(-x.sum()) * jax.nn.sigmoid(p[1:4, 2:5]).mean()
+    box = jax.lax.dynamic_slice(y, np.array([1, 0], np.uint32), (2, 3))
+    y = jax.lax.dynamic_update_slice(y, box * 2.0, np.array([3, 0], np.uint32))
+    z = jnp.where(y > 0, y, 0.1 * y) / jnp.sqrt(1.0 + y ** 2) + jnp.log1p(y ** 2)
+    top = z[jnp.argmax(z[:, 0]), :]
+    return jnp.concatenate([z.max(axis=0), top, jnp.abs(z).min(axis=1), z.T.reshape(-1)])
+
+
+def test_numpy_primitives_match_xla_to_roundoff():
+    import jax
+    from jaxbp.check._numpy_eval import numpy_primitives
+    x, w = normal(3, 4), normal(4, 3)
+    dy = normal(*jax.eval_shape(_every_table_primitive, x, w).shape)
+
+    def truth():
+        y, pullback = jax.vjp(_every_table_primitive, jnp.asarray(x), jnp.asarray(w))
+        return [np.asarray(v) for v in (y, *pullback(jnp.asarray(dy)))]
+    with numpy_primitives():
+        fast = truth()
+        assert all(type(v) is np.ndarray for v in fast)
+    for a, b in zip(fast, truth()):
+        np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)

@@ -51,7 +51,8 @@ class _Buffer:
         one = (1,) * value.ndim
         for key, v in pending.items():  # one shared program per entry, not a stack of n
             value = jax.lax.dynamic_update_slice(
-                value, jnp.reshape(jnp.asarray(v, value.dtype), one), np.array(key, np.int32))
+                value, jnp.reshape(v if getattr(v, "dtype", None) == value.dtype else
+                                   jnp.asarray(v, value.dtype), one), _starts(key))
         self._value = value
 
     def set(self, value):
@@ -93,7 +94,7 @@ class _Index:
             start = _slice_start(np.shape(x), self.index)
             if start is not None:  # runtime starts: one compiled program for every window
                 starts, shape = start
-                box = jax.lax.dynamic_slice(x, np.array(starts, np.int32),
+                box = jax.lax.dynamic_slice(x, _starts(starts),
                                             tuple(n for n, _ in shape))
                 return box.reshape(tuple(n for n, keep in shape if keep))
         return x[self.index]
@@ -106,11 +107,16 @@ class _Index:
                 sub = jnp.broadcast_to(jnp.asarray(sub, x.dtype), tuple(
                     n for n, keep in shape if keep)).reshape(tuple(n for n, _ in shape))
                 return jax.lax.dynamic_update_slice(jnp.asarray(x), sub,
-                                                    np.array(starts, np.int32))
+                                                    _starts(starts))
             return jnp.asarray(x).at[self.index].set(sub)
         x = x.copy()
         x[self.index] = sub
         return x
+
+
+def _starts(starts):
+    """Start indices as unsigned ints: jax normalizes signed ones with an op per axis."""
+    return np.array(starts, np.uint32)
 
 
 def _slice_start(shape, index):

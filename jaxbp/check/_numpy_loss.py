@@ -13,6 +13,7 @@ from jaxbp.check import _numpy_common as common
 from jaxbp.check._compare import BackpropError, check_tolerance
 from jaxbp.check._diagnose_numpy import for_numpy
 from jaxbp.check._numpy_fd import fd_pairs
+from jaxbp.check._numpy_eval import numpy_primitives
 from jaxbp.check._numpy_report import numpy_report
 
 
@@ -169,7 +170,7 @@ def _jax_pairs(fn, arrays, rebuild, args, names, yours, loss, dtype, state, scop
             return jnp.reshape(jnp.asarray(out[0]), ())
         return jax.value_and_grad(f)([jnp.asarray(a, dt) for a in arrays])
 
-    with jax.enable_x64(True):
+    with jax.enable_x64(True), numpy_primitives():
         try:
             value, truth = grad_in(jnp.float64)
         except Exception as e:

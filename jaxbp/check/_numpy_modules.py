@@ -15,6 +15,7 @@ from jaxbp.bridge._values import STATE
 from jaxbp.check import _numpy_common as common
 from jaxbp.check._compare import BackpropError
 from jaxbp.check._numpy_fd import fd_pairs
+from jaxbp.check._numpy_eval import numpy_primitives
 from jaxbp.check._numpy_report import numpy_report
 
 _GRAD_NAMES = ("dLd{}", "d{}", "d_{}", "grad_{}", "{}_grad")
@@ -271,7 +272,7 @@ def _truth(modules, loss_module, params, acts, X, Y, state, scope):
         out = _as_jax_call(chain, [P, E], {}, scope=scope, extra=extra)
         return jnp.reshape(jnp.asarray(out), ())
 
-    with jax.enable_x64(True):
+    with jax.enable_x64(True), numpy_primitives():
         P = [[jnp.asarray(p[2]) for p in ps] for ps in params]
         E = [jnp.zeros(np.shape(a)) for a in acts]
         value, (gP, gE) = jax.value_and_grad(f, argnums=(0, 1))(P, E)
