@@ -96,3 +96,17 @@ def test_correct_numpy_layers_have_no_findings():
     for _, forward, _, inputs, kwargs, *_ in LAYERS[:1]:
         report = jaxbp.check_layer(forward, L.dropout_backward, *inputs, trials=2, **kwargs)
         assert report.ok and report.diagnosis == (), str(report)
+
+
+@pytest.mark.parametrize("relu, kind, where", [
+    (sc.ForgetfulReLU, "masked", "module 2 (ForgetfulReLU) input"), (sc.ReLU, None, None),
+], ids=["forgotten-mask", "correct"])
+def test_check_modules_names_the_kind(relu, kind, where):
+    rng = np.random.default_rng(2)
+    modules = [sc.Dense(3, 4, rng), relu(), sc.Dense(4, 3, rng)]
+    report = jaxbp.check_modules(modules, sc.SoftmaxCrossEntropy(), normal(5, 3),
+                                 np.array([0, 2, 1, 1, 0]))
+    found = report.diagnosis[0] if report.diagnosis else None
+    assert (found and (found.kind, found.where)) == ((kind, where) if kind else None), \
+        str(report)
+    assert report.first_bad == where

@@ -14,6 +14,7 @@ from jaxbp.bridge._as_jax import call as _as_jax_call, check_scope
 from jaxbp.bridge._values import STATE
 from jaxbp.check import _numpy_common as common
 from jaxbp.check._compare import BackpropError
+from jaxbp.check._diagnose_numpy import for_numpy
 from jaxbp.check._numpy_fd import fd_pairs
 from jaxbp.check._numpy_eval import numpy_primitives
 from jaxbp.check._numpy_report import numpy_report
@@ -160,6 +161,7 @@ def check_modules(modules, loss_module, X, Y, *, grads=None, rtol=None, atol=Non
     dtype = np.result_type(X.dtype, *[p[2].dtype for ps in params for p in ps]) \
         if np.issubdtype(X.dtype, np.floating) else np.float64
     snapshot = [dict(vars(m)) for m in modules + [loss_module]]
+    after_state = np.random.get_state()
     L, notes, truth_kind = len(modules), [], "jax"
     try:
         try:
@@ -211,9 +213,33 @@ def check_modules(modules, loss_module, X, Y, *, grads=None, rtol=None, atol=Non
                    else "input" if which == "input" else "param")
         extra = dict(first_bad=f"module {index} ({cls}) {which}", first_bad_layer=index,
                      module=cls, suspect=suspect)
-    return numpy_report(rows, mode="modules", dtype=dtype, trials=1, truth=truth_kind,
-                        network=" → ".join(type(m).__name__ for m in modules + [loss_module]),
-                        notes=notes, **extra)
+    report = numpy_report(rows, mode="modules", dtype=dtype, trials=1, truth=truth_kind,
+                          network=" → ".join(type(m).__name__ for m in modules + [loss_module]),
+                          notes=notes, **extra)
+    if report.ok:
+        return report
+    # the diagnosis: leaves are the parameters, module by module, then every E[k] (at 0)
+    starts = np.cumsum([0] + [len(ps) for ps in params]).tolist()
+    leaves = [p[2] for ps in params for p in ps] + [np.zeros(np.shape(a)) for a in acts]
+    leaf_of = [starts[-1] + (L - 1 if fused else L)]
+    for i in reversed(range(L)):
+        leaf_of += [starts[-1] + i] + [starts[i] + k for k in range(len(params[i]))]
+    f = _traced_loss(modules, loss_module, params, X, Y, state, scope)
+
+    def fn(*flat):
+        return f([list(flat[starts[i]:starts[i + 1]]) for i in range(L)],
+                 list(flat[starts[-1]:]))
+
+    try:
+        return for_numpy(report, pairs_, labels=[f"module {index} ({cls}) {which}"
+                                                 for index, cls, which in labels],
+                         fn=fn if truth_kind == "jax" else None, leaves=leaves,
+                         leaf_of=leaf_of, cotangents=[np.float64(1.0)])
+    finally:
+        for m, snap in zip(modules + [loss_module], snapshot):
+            vars(m).clear()
+            vars(m).update(snap)
+        np.random.set_state(after_state)
 
 
 def _close(a, b) -> bool:
@@ -261,7 +287,9 @@ def _fd_pair(modules, loss_module, params, acts, X, Y, state, dtype):
     return pair
 
 
-def _truth(modules, loss_module, params, acts, X, Y, state, scope):
+def _traced_loss(modules, loss_module, params, X, Y, state, scope):
+    """f(P, E): the loss of the modules' own forwards, traced (as_jax), with parameters P
+    set on the modules and E[k] added to activation k."""
     def chain(P, E):
         return _chain(modules, loss_module, params, X, Y, P, E)
 
@@ -271,7 +299,11 @@ def _truth(modules, loss_module, params, acts, X, Y, state, scope):
         np.random.set_state(state)
         out = _as_jax_call(chain, [P, E], {}, scope=scope, extra=extra)
         return jnp.reshape(jnp.asarray(out), ())
+    return f
 
+
+def _truth(modules, loss_module, params, acts, X, Y, state, scope):
+    f = _traced_loss(modules, loss_module, params, X, Y, state, scope)
     with jax.enable_x64(True), numpy_primitives():
         P = [[jnp.asarray(p[2]) for p in ps] for ps in params]
         E = [jnp.zeros(np.shape(a)) for a in acts]
