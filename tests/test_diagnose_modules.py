@@ -94,3 +94,19 @@ def test_relu_kink_needs_t_in_zero_one(t, kind, ok):
         return (dy * jnp.where(x > 0, 1.0, jnp.where(x == 0, t, 0.0)),)
     report = jaxbp.check_vjp(jax.nn.relu, backward, KINKED)
     assert (report.ok, report.diagnosis[0].kind) == (ok, kind), str(report)
+
+
+def test_float32_dropout_is_checked_with_its_own_mask():
+    """One key, one mask: float32 and float64 inputs, x64 on or off (the float64 truth of a
+    float32 check drops the same entries); a backward that forgets it is "masked"."""
+    drop, key = nn.Dropout(0.3), jax.random.key(3)
+    X = jnp.ones((16, 8), jnp.float32)
+    masks = [drop.forward((), X.astype(dt), key)[1] for dt in (jnp.float32, jnp.float64)]
+    with jax.enable_x64(False):
+        masks.append(drop.forward((), X, key)[1])
+    assert all(bool(jnp.all(m == masks[0])) for m in masks)
+    assert jaxbp.check_module(drop, (), X, key=key, trials=1).ok
+    forgot = drop._replace(backward=lambda p, keep, dY: ((), dY / 0.7))
+    report = jaxbp.check_module(forgot, (), X, key=key, trials=1)
+    assert (report.ok, report.diagnosis[0].kind, report.diagnosis[0].where) == (
+        False, "masked", "input"), str(report)

@@ -60,7 +60,10 @@ def _dropout(rate: float) -> Module:
             raise TypeError(f"{name}: expects a floating-point input, got dtype {X.dtype}")
         if key is None or rate == 0.0:
             return X, None
-        keep = jax.random.bernoulli(key, 1.0 - rate, X.shape)  # m: (B, ...) bool
+        # m: (B, ...) bool, drawn as float32 uniforms whatever X's dtype and the x64 mode
+        # (a Python float p would draw float64 under x64): one key, one mask, so the
+        # float64 truth of a check sees the mask of a float32 run
+        keep = jax.random.bernoulli(key, jnp.float32(1.0 - rate), X.shape)
         return jnp.where(keep, X * jnp.asarray(scale, X.dtype), jnp.zeros((), X.dtype)), keep
 
     def backward(params, keep, dY):
