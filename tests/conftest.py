@@ -22,12 +22,12 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
-# Each new architecture compiles afresh, so examples are few by default (10; the compile-heavy
+# Each new architecture compiles afresh, so examples are few by default (5; the compile-heavy
 # model tests set fewer); HYPOTHESIS_PROFILE=thorough runs 500 a test (those with their own
 # max_examples keep it). Compilation makes the first example slow; deadlines would only measure that.
 settings.register_profile(
     "jaxbp", deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True,
-    max_examples=10)
+    max_examples=5)
 settings.register_profile(
     "thorough", deadline=None, suppress_health_check=[HealthCheck.too_slow], max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "jaxbp"))

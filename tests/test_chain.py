@@ -92,7 +92,7 @@ def test_values_come_from_the_tables():
 # ------------------------------------------------------------ 1-D: the plain product
 
 @pytest.mark.parametrize("activation", NAMES)
-@settings(max_examples=8)
+@settings(max_examples=4)
 @given(data=st.data())
 def test_1d_product_of_values_is_jax_grad(activation, data):
     depth = data.draw(st.integers(1, 6), label="depth")
@@ -140,7 +140,7 @@ def wide_networks(draw):
     return make_network(sizes, hidden, last, loss)
 
 
-@settings(max_examples=15)
+@settings(max_examples=8)
 @given(net=wide_networks(), seed=st.integers(0, 2**16))
 def test_contract_is_jax_grad_for_wide_nets_weight_and_bias(net, seed):
     params, x, y = problem(net, seed)

@@ -194,7 +194,7 @@ def problems(draw):
     return make_problem(tuple(sizes), (*hidden, last), loss, batch=batch, seed=seed)
 
 
-@settings(max_examples=10)
+@settings(max_examples=5)
 @given(problems(), st.floats(0.05, 5.0))
 def test_random_architectures_match_vmap_grad(problem, max_norm):
     net, params, X, Y = problem

@@ -42,7 +42,7 @@ def test_backward_matches_vjp(kind, jit):
     assert_backward_matches(_jitted(module) if jit else module, params, X)
 
 
-@settings(max_examples=5)
+@settings(max_examples=3)
 @given(kind=st.sampled_from(sorted(MAKERS)), B=st.integers(1, 3), T=st.integers(1, 6),
        D=st.integers(1, 4), H=st.integers(1, 5), dtype=st.sampled_from([jnp.float64, jnp.float32]),
        seed=st.integers(0, 2**16))

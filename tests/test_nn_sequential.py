@@ -50,7 +50,7 @@ def _vector_model(loss, hidden, act, norm, residual, dropout, n_out):
     return nn.Sequential(mods, loss)
 
 
-@settings(max_examples=8)  # each example compiles two new programs
+@settings(max_examples=4)  # each example compiles two new programs
 @given(loss=st.sampled_from(sorted(LAST)), hidden=st.integers(1, 6),
        act=st.sampled_from(sorted(jaxbp.ACTIVATIONS)), norm=st.sampled_from([None, "layer", "batch"]),
        residual=st.booleans(), dropout=st.booleans(), B=st.integers(2, 5), T=st.sampled_from([0, 3]),
@@ -65,7 +65,7 @@ def test_value_and_grad_matches_jax_grad(loss, hidden, act, norm, residual, drop
     _assert_grads_match(model, params, X, Y, key=jax.random.key(seed + 2) if dropout else None)
 
 
-@settings(max_examples=4)  # a transformer compiles slowly: few, varied examples
+@settings(max_examples=3)  # a transformer compiles slowly: few, varied examples
 @given(heads=st.integers(1, 3), dh=st.integers(1, 3), T=st.integers(1, 6), vocab=st.integers(2, 7),
        causal=st.booleans(), seed=st.integers(0, 2**16))
 def test_transformer_block_matches_jax_grad(heads, dh, T, vocab, causal, seed):
@@ -157,7 +157,7 @@ def test_user_backward_with_the_wrong_shape_is_named():
         model.value_and_grad(params, jnp.ones((2, 4)), jnp.zeros((2, 2)))
 
 
-@settings(max_examples=6)
+@settings(max_examples=3)
 @given(channels=st.integers(1, 3), kernel=st.integers(1, 3), stride=st.integers(1, 2),
        padding=st.sampled_from(["SAME", "VALID"]), pool=st.sampled_from(["max", "avg"]),
        seed=st.integers(0, 2**16))
