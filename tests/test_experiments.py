@@ -238,7 +238,7 @@ _FOUR_DEVICES = textwrap.dedent("""
 
 def test_train_on_four_devices_matches_one_device(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+               XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4")
     proc = subprocess.run([sys.executable, "-c", _FOUR_DEVICES,
                            os.path.join(EXPERIMENTS, "train.py"), str(tmp_path)],
                           capture_output=True, text=True, timeout=300, env=env)

@@ -28,7 +28,7 @@ def free_port() -> int:
 
 def start(out, devices, extra=()):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+               XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}")
     return subprocess.Popen([sys.executable, TRAIN, *FLAGS, "--out", str(out), *extra], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

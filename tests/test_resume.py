@@ -110,7 +110,7 @@ _FOUR_DEVICES = textwrap.dedent("""
 
 def test_a_four_device_checkpoint_resumes_on_four_and_on_one_device(tmp_path):
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+               XLA_FLAGS=os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4")
     proc = subprocess.run([sys.executable, "-c", _FOUR_DEVICES, TRAIN, str(tmp_path), *TINY],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
