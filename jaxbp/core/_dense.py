@@ -2,19 +2,17 @@
 
 Split from ``_network`` so that the private-gradient functions (``_network_private``)
 and the ``Network`` class both build on them without an import circle. ``net`` is
-the static, hashable ``Network``; shapes may be one example (n,) or a batch (B, n).
+the static, hashable ``Network`` (annotated by name only: this module must not
+import it); shapes may be one example (n,) or a batch (B, n).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
-if TYPE_CHECKING:
-    from jaxbp.core._network import Network
 
 
 class Dense(NamedTuple):
@@ -49,7 +47,7 @@ def _bias(W0: jax.Array, ndim: int) -> jax.Array:
 # ---------------------------------------------------------------- pure cores
 # `net` is static (hashable); shapes may be one example (n,) or a batch (B, n).
 
-def _forward_trace(net: "Network", params, x) -> Trace:
+def _forward_trace(net, params, x) -> Trace:
     a = x
     zs, as_ = [], [x]
     for layer, act in zip(params, net._acts):
@@ -60,14 +58,14 @@ def _forward_trace(net: "Network", params, x) -> Trace:
     return Trace(tuple(zs), tuple(as_))
 
 
-def _loss_value(net: "Network", trace: Trace, y) -> jax.Array:
+def _loss_value(net, trace: Trace, y) -> jax.Array:
     loss = net._loss
     if loss.value_from_z is not None:
         return loss.value_from_z(trace.z[-1], y)
     return loss.value(trace.a[-1], y)
 
 
-def _deltas(net: "Network", params, trace: Trace, y, scale=None) -> tuple:
+def _deltas(net, params, trace: Trace, y, scale=None) -> tuple:
     """(∂L/∂z^1, ..., ∂L/∂z^L) by the notes' chain, from the loss backwards.
 
     Each ∂L/∂z^ℓ is linear in ∂L/∂z^L, so an optional ``scale`` (a scalar, e.g.
