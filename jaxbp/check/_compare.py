@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from jaxbp.check._report import Row
+from jaxbp.core._tolerances import roundoff_budget
 
 
 class BackpropError(ValueError):
@@ -53,3 +54,26 @@ def row(layer, name, got, want, budget_abs, *, per_example: bool) -> Row:
     return Row(layer, name, tuple(want.shape[1:] if per_example else want.shape), err, rel,
                budget, budget_abs, scale, example, entry, bool(err <= budget_abs),
                bool(np.any(bad)))
+
+
+def as_outputs(out, count: int, what: str, expected: str) -> tuple:
+    """A backward's result as a tuple of ``count`` values (a bare value when ``count`` is 1).
+
+    Raises ``BackpropError`` "{what} returned …; expected {expected}" on any other count.
+    """
+    if count == 1 and not isinstance(out, (tuple, list)):
+        out = (out,)
+    if not isinstance(out, (tuple, list)) or len(out) != count:
+        got = f"{len(out)} values" if isinstance(out, (tuple, list)) else type(out).__name__
+        raise BackpropError(f"{what} returned {got}; expected {expected}")
+    return tuple(out)
+
+
+def budget(observed, scale, dtype, depth: int, rtol=None, atol=None, *, floor_scale=None) -> float:
+    """The allowed absolute error of one row: explicit ``atol + rtol × scale`` when either is
+    given, else the round-off budget (``roundoff_budget``) of ``observed`` in ``dtype``, its
+    floor relative to ``floor_scale`` (default ``scale``) and ``depth`` chained steps."""
+    if rtol is None and atol is None:
+        return roundoff_budget(observed, scale if floor_scale is None else floor_scale, dtype,
+                               depth)
+    return (atol or 0.0) + (rtol or 0.0) * scale

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxbp.check._numpy_common import numpy_code_error
+from jaxbp.check._numpy_common import numpy_code_errors
 
 _DEFAULT_STEP = float(np.finfo(np.float64).eps ** (1 / 3))
 
@@ -69,15 +69,10 @@ def finite_difference_grad(fun: Callable[..., Any], params, *args,
         if not leaves or not all(jnp.issubdtype(x.dtype, jnp.floating) for x in leaves):
             raise TypeError("params: expected a pytree of floating-point arrays")
         theta, unravel = ravel_pytree(params64)
-        try:
+        with numpy_code_errors("fun", "jaxbp.check_loss (loss and gradients in one "
+                               "function) or jaxbp.check_layer"):
             value = jnp.asarray(fun(params64, *args64))
             jax.eval_shape(fun, params64, *args64)  # traced below: NumPy code fails here
-        except Exception as e:
-            numpy_error = numpy_code_error(e, "fun", "jaxbp.check_loss (loss and gradients "
-                                           "in one function) or jaxbp.check_layer")
-            if numpy_error is not None:
-                raise numpy_error from e
-            raise
         if value.shape != ():
             raise ValueError(f"fun: expected a scalar output, got shape {value.shape}")
         h = step * jnp.maximum(1.0, jnp.abs(theta))

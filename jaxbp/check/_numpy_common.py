@@ -10,6 +10,7 @@ allow 10× its error (``roundoff_budget``); central differences allow 1e-6 of th
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import linecache
@@ -21,8 +22,7 @@ import jax
 import numpy as np
 
 from jaxbp.bridge._values import STATE, UntraceableError
-from jaxbp.check._compare import BackpropError, max_abs, row
-from jaxbp.core._tolerances import roundoff_budget
+from jaxbp.check._compare import BackpropError, as_outputs, budget, max_abs, row
 
 FD_RTOL = 1e-6  # central differences in float64: ~1e-10 relative on smooth code
 _UNTRACEABLE = (UntraceableError, jax.errors.TracerArrayConversionError,
@@ -98,14 +98,11 @@ def compare(pairs, *, dtype, depth: int = 1, rtol=None, atol=None, fd: bool = Fa
     rows = []
     for p in pairs:
         scale = max_abs(p.truth)
-        if rtol is not None or atol is not None:
-            budget = (atol or 0.0) + (rtol or 0.0) * scale
-        else:
-            observed = 0.0 if p.own is None else max_abs(p.own - p.truth)
-            budget = roundoff_budget(observed, scale, dtype, depth)
-            if fd:
-                budget = max(budget, FD_RTOL * scale)
-        rows.append(row(p.layer, p.name, p.yours, p.truth, budget, per_example=True))
+        observed = 0.0 if p.own is None else max_abs(p.own - p.truth)
+        allowed = budget(observed, scale, dtype, depth, rtol, atol)
+        if fd and rtol is None and atol is None:
+            allowed = max(allowed, FD_RTOL * scale)
+        rows.append(row(p.layer, p.name, p.yours, p.truth, allowed, per_example=True))
     return tuple(rows)
 
 
@@ -119,13 +116,8 @@ def call_backward(backward, args, count: int, what: str = "backward") -> tuple:
         out = backward(*fresh(args))
     except Exception as e:
         raise BackpropError(f"{what} raised {type(e).__name__}: {e}") from e
-    if count == 1 and not isinstance(out, (tuple, list)):
-        out = (out,)
-    if not isinstance(out, (tuple, list)) or len(out) != count:
-        got = f"{len(out)} values" if isinstance(out, (tuple, list)) else type(out).__name__
-        raise BackpropError(f"{what} returned {got}; expected {count} gradient(s), one per "
-                            f"checked input in input order")
-    return tuple(out)
+    return as_outputs(out, count, what, f"{count} gradient(s), one per checked input in input "
+                      "order")
 
 
 def reproduce(traced, plain, dtype, what: str) -> Optional[str]:
@@ -160,3 +152,15 @@ def numpy_code_error(error: BaseException, what: str, instead: str) -> Optional[
         + (f" at {where}" if where else "") + f" ({type(error).__name__}). jax cannot trace "
         f"NumPy; check it with {instead}, which run your NumPy code as it is written "
         f"(jaxbp.as_jax routes its np calls to jax.numpy)")
+
+
+@contextlib.contextmanager
+def numpy_code_errors(what: str, instead: str):
+    """Re-raises NumPy code's tracer errors inside the block as ``numpy_code_error``'s message."""
+    try:
+        yield
+    except Exception as e:
+        numpy_error = numpy_code_error(e, what, instead)
+        if numpy_error is not None:
+            raise numpy_error from e
+        raise

@@ -198,13 +198,7 @@ def _diagnose_layer(report, pairs, forward, inputs, idx, names, douts, state, sc
     if report.ok:
         return report
 
-    def fn(*w):
-        values = common.fresh(list(inputs))
-        for k, i in enumerate(idx):
-            values[i] = w[k]
-        np.random.set_state(state)
-        return _split(_as_jax_call(forward, values, {}, scope=scope), "forward")[0]
-
+    fn = _traced_forward(forward, inputs, idx, state, scope)
     first = np.shape(inputs[idx[0]])
     sizes = {"B": int(first[0])} if first else {}
     if time_axis is not None and len(first) > time_axis:
@@ -219,14 +213,25 @@ class _NoTruth(Exception):
     """The traced forward is not usable as the truth (why, in the message)."""
 
 
+def _traced_forward(forward, inputs, idx, state, scope):
+    """The forward's outputs as a function of the checked inputs, run through ``as_jax``.
+
+    The other inputs are fresh copies and NumPy's random state is reset each call, so a
+    seeded mask is the one the plain run drew.
+    """
+    def f(*w):
+        values = common.fresh(list(inputs))
+        for k, i in enumerate(idx):
+            values[i] = w[k]
+        np.random.set_state(state)
+        return _split(_as_jax_call(forward, values, {}, scope=scope), "forward")[0]
+    return f
+
+
 def _jax_pairs(forward, inputs, idx, names, douts, yours, outs, dtype, state, scope):
+    f = _traced_forward(forward, inputs, idx, state, scope)
+
     def vjp_in(dt):
-        def f(*w):
-            values = common.fresh(list(inputs))
-            for k, i in enumerate(idx):
-                values[i] = w[k]
-            np.random.set_state(state)
-            return _split(_as_jax_call(forward, values, {}, scope=scope), "forward")[0]
         primals = [jnp.asarray(inputs[i], dt) for i in idx]
         return jax.vjp(f, *primals)
 

@@ -39,12 +39,12 @@ import numpy as np
 from jaxbp.check import _diagnose_reports, _layouts, _localize
 from jaxbp.core._network import Network, _forward_trace, _per_example_grads
 from jaxbp.check._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
-    row as _row
+    budget, row as _row
 from jaxbp.check._report import Report
 from jaxbp.check._verify_calls import _call, _call_batch, _jit
 from jaxbp.check._verify_nn import verify_model
 from jaxbp.nn._sequential import Sequential
-from jaxbp.core._tolerances import ROUNDOFF_FLOOR, ROUNDOFF_SAFETY, RTOL, roundoff_budget
+from jaxbp.core._tolerances import ROUNDOFF_FLOOR, ROUNDOFF_SAFETY, RTOL
 
 
 class _Reference(NamedTuple):
@@ -210,9 +210,8 @@ def reference(net: Network, params, X, Y) -> _Reference:
 # ------------------------------------------------------------ the comparison
 
 def _budget(observed, scale, floor_scale, ref, rtol, atol):
-    if rtol is None and atol is None:
-        return roundoff_budget(observed, floor_scale, ref.dtype, ref.net.num_layers)
-    return (atol or 0.0) + (rtol or 0.0) * scale
+    return budget(observed, scale, ref.dtype, ref.net.num_layers, rtol, atol,
+                  floor_scale=floor_scale)
 
 
 def _rows(ref, user, truth, roundoff, rtol, atol, *, per_example):

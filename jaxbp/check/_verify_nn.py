@@ -37,9 +37,8 @@ from jaxbp.check import _diagnose_reports
 from jaxbp.check import _verify_sequence
 from jaxbp.check._diagnose_fits import shape_kind
 from jaxbp.check._report import Report
-from jaxbp.core._tolerances import roundoff_budget
 from jaxbp.check._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
-    row as _row
+    budget as _budget, row as _row
 from jaxbp.nn._compose import RESIDUAL_INNER, split_key
 from jaxbp.nn._module import Module
 from jaxbp.check._verify_nn_truth import (
@@ -94,9 +93,7 @@ def verify_model(model: Sequential, params, X, Y, *, key: Optional[jax.Array] = 
                              "inf on these inputs; nothing can be verified against it")
 
     def budget(observed, scale, floor_scale):
-        if rtol is None and atol is None:
-            return roundoff_budget(observed, floor_scale, dtype, n)
-        return (atol or 0.0) + (rtol or 0.0) * scale
+        return _budget(observed, scale, dtype, n, rtol, atol, floor_scale=floor_scale)
 
     rows, verdicts, arrays = [], [], {}  # arrays: (module, name) -> (yours, truth)
     for i in range(n, 0, -1):
@@ -272,9 +269,7 @@ def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
             truth.append(([_np64(v) for v in jax.tree.leaves(p_t)], _np64(x_t)))
 
     def budget(observed, scale, floor_scale):
-        if rtol is None and atol is None:
-            return roundoff_budget(observed, floor_scale, dtype, 1)
-        return (atol or 0.0) + (rtol or 0.0) * scale
+        return _budget(observed, scale, dtype, 1, rtol, atol, floor_scale=floor_scale)
 
     rows, arrays = [], []
     if not integer_input:

@@ -22,13 +22,12 @@ from jaxbp.check import _structural
 from jaxbp.check._diagnose import merge
 from jaxbp.check import _diagnose_reports
 from jaxbp.check._diagnose_fits import shape_kind
-from jaxbp.check._numpy_common import numpy_code_error
+from jaxbp.check._numpy_common import numpy_code_errors
 from jaxbp.check._report import Report
 from jaxbp.check._vjp_order2 import SUFFIX, order2_rows
-from jaxbp.core._tolerances import roundoff_budget
 from jaxbp.check._vjp_checking import checked_bwd, is_checking
-from jaxbp.check._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
-    row as _row
+from jaxbp.check._compare import BackpropError, as_outputs, check_tolerance as _check_tolerance, max_abs as _max_abs, \
+    budget as _budget, row as _row
 
 
 def _float_primals(primals):
@@ -43,12 +42,8 @@ def _float_primals(primals):
 def _as_cotangents(out, primals, what="backward"):
     """Your backward's output as one pytree per primal, shapes checked."""
     n = len(primals)
-    if n == 1 and not isinstance(out, (tuple, list)):
-        out = (out,)
-    if not isinstance(out, (tuple, list)) or len(out) != n:
-        got = f"{len(out)} values" if isinstance(out, (tuple, list)) else type(out).__name__
-        raise BackpropError(f"{what} returned {got}; expected a tuple of {n} cotangents, one "
-                            f"per primal (shaped like the primals)")
+    out = as_outputs(out, n, what, f"a tuple of {n} cotangents, one per primal (shaped like the "
+                     "primals)")
     result = []
     for i, (ct, p) in enumerate(zip(out, primals)):
         want, got = jax.tree.structure(p), jax.tree.structure(ct)
@@ -122,14 +117,9 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
     primals = _float_primals(primals)
     key = jax.random.key(0) if key is None else key
     dtype = np.dtype(jnp.result_type(*jax.tree.leaves(primals)))
-    try:
+    with numpy_code_errors("forward", "jaxbp.check_layer (a forward/backward pair with a "
+                           "cache) or jaxbp.check_loss"):
         y, pullback = jax.vjp(forward, *primals)
-    except Exception as e:
-        numpy_error = numpy_code_error(e, "forward", "jaxbp.check_layer (a forward/backward "
-                                       "pair with a cache) or jaxbp.check_loss")
-        if numpy_error is not None:
-            raise numpy_error from e
-        raise
     keys = jax.random.split(key, trials)
     y_leaves, y_tree = jax.tree.flatten(y)
     dys = [jax.tree.unflatten(y_tree, [jax.random.normal(k2, jnp.shape(leaf), jnp.result_type(leaf))
@@ -160,9 +150,8 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
         got = np.stack([yo[j] for yo in yours])
         observed = max(_max_abs(o[j] - tr[j]) for o, tr in zip(own, truth))
         scale = _max_abs(want)
-        budget = (roundoff_budget(observed, scale, dtype, 1) if rtol is None and atol is None
-                  else (atol or 0.0) + (rtol or 0.0) * scale)
-        rows.append(_row(None, name, got, want, budget, per_example=True))
+        rows.append(_row(None, name, got, want, _budget(observed, scale, dtype, 1, rtol, atol),
+                         per_example=True))
         arrays.append((got, want))
     index = [i for i, _ in names]  # each row's primal
     findings = guard.check(lambda dy: _leaves64(_as_cotangents(backward(*primals, dy), template)),

@@ -23,8 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxbp.check._compare import BackpropError, max_abs, row
-from jaxbp.core._tolerances import roundoff_budget
+from jaxbp.check._compare import BackpropError, budget, max_abs, row
 
 SUFFIX = " (order 2)"
 
@@ -91,7 +90,6 @@ def order2_rows(forward, backward, primals, dys, key, dtype, as_cotangents, prim
         got = np.stack([yo[j] for yo in yours])
         observed = max(max_abs(o[j] - tr[j]) for o, tr in zip(own, truth))
         scale = max_abs(want)
-        budget = (roundoff_budget(observed, scale, dtype, 1) if rtol is None and atol is None
-                  else (atol or 0.0) + (rtol or 0.0) * scale)
-        rows.append(row(None, name + SUFFIX, got, want, budget, per_example=True))
+        rows.append(row(None, name + SUFFIX, got, want,
+                        budget(observed, scale, dtype, 1, rtol, atol), per_example=True))
     return tuple(rows)
