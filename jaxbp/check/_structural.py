@@ -214,12 +214,14 @@ def failing(findings) -> tuple:
     return tuple(f for f in findings if f.kind in FAILING)
 
 
-def apply(report, findings):
+def apply(report, findings, **on_failure):
     """``report`` with ``findings`` merged into its diagnosis; a right report fails on a failing one.
 
     Args:
       report: a ``Report`` whose values were checked.
       findings: from ``Guard.check``.
+      **on_failure: further ``Report`` fields to set when a finding fails a right report
+        (``check_vjp``'s ``primal``, ``check_module``'s ``first_bad_layer``).
 
     Returns:
       The same report when there are no findings; else a copy with them in ``diagnosis``
@@ -237,7 +239,7 @@ def apply(report, findings):
            f"{bad[0].detail}"
     return dataclasses.replace(report, ok=False, suspect="structure", candidates=("structure",),
                                first_bad=bad[0].where, notes=(note,) + tuple(report.notes),
-                               diagnosis=diagnosis)
+                               diagnosis=diagnosis, **on_failure)
 
 
 def host_layer_findings(backward: Callable, douts: Sequence, cache, first: Sequence,

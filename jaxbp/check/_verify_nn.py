@@ -39,7 +39,7 @@ from jaxbp.check._diagnose_fits import shape_kind
 from jaxbp.check._report import Report
 from jaxbp.check._compare import BackpropError, check_tolerance as _check_tolerance, max_abs as _max_abs, \
     budget as _budget, row as _row
-from jaxbp.nn._compose import RESIDUAL_INNER, split_key
+from jaxbp.nn._compose import RESIDUAL_INNER, check_backward, split_key
 from jaxbp.nn._module import Module
 from jaxbp.check._verify_nn_truth import (
     _chain_with_trail, _forward, _grads_with_taps, _leaf_names, _np64, _pullback, _to)
@@ -255,7 +255,6 @@ def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
         except Exception as e:
             raise BackpropError(f"{module.name}: backward raised {type(e).__name__} on trial "
                                 f"{t}: {e}") from e
-        from jaxbp.nn._compose import check_backward
         try:
             check_backward(module, module.name, params, dp, X, dX)
         except ValueError as e:
@@ -302,14 +301,9 @@ def check_module(module: Module, params, X, *, key: Optional[jax.Array] = None,
                   batch_size=trials, network=module.name, module=module.name,
                   diagnosis=merge(findings))
     bad = [(kind, r) for kind, r in rows if not r.ok]
-    failing = _structural.failing(findings)
-    if not bad and failing:
-        return Report(ok=False, first_bad_layer=1, suspect="structure", candidates=("structure",),
-                      first_bad=failing[0].where,
-                      notes=(f"every value agrees with jax.vjp, but {failing[0].kind} at "
-                             f"{failing[0].where}: {failing[0].detail}",), **common)
     if not bad:
-        return Report(ok=True, first_bad_layer=None, suspect=None, **common)
+        return _structural.apply(Report(ok=True, first_bad_layer=None, suspect=None, **common),
+                                 findings, first_bad_layer=1)
     suspect = ("nonfinite" if any(r.nonfinite for _, r in bad)
                else "input" if any(kind == "input" for kind, _ in bad) else "param")
     r = bad[0][1]

@@ -187,14 +187,10 @@ def check_vjp(forward: Callable, backward: Callable, *primals, key: Optional[jax
 def _structure_verdict(findings, common) -> Report:
     """Every value within budget: ok, unless a structural finding says the backward is wrong."""
     failing = _structural.failing(findings)
-    if not failing:
-        return Report(ok=True, first_bad_layer=None, suspect=None, **common)
-    where = failing[0].where
+    where = failing[0].where if failing else ""
     primal = int(where[len("primals["):where.index("]")]) if where.startswith("primals[") else None
-    return Report(ok=False, first_bad_layer=None, suspect="structure", primal=primal,
-                  candidates=("structure",), first_bad=where,
-                  notes=(f"every value agrees with the reference, but {failing[0].kind} at "
-                         f"{where}: {failing[0].detail}",), **common)
+    return _structural.apply(Report(ok=True, first_bad_layer=None, suspect=None, **common),
+                             findings, primal=primal)
 
 
 def _leaves64(tree):
